@@ -1,0 +1,9 @@
+//! scopegate: repository-scoped authorization in front of an unmodified container registry.
+pub mod access;
+pub mod body;
+pub mod oci;
+pub mod reject;
+pub mod route;
+pub mod policy;
+pub mod auth;
+pub mod token;

@@ -1,0 +1,227 @@
+//! The policy: an immutable snapshot of scope maps and tokens, and the one function that
+//! decides whether a principal may do what a request needs. `decide` is the only maker of
+//! [`Grant`], and forwarding demands a `Grant`, so nothing reaches the upstream without a
+//! decision. Decisions read the snapshot as it is now: a session token's access is
+//! intersected with what its principal holds at the time of the request.
+//!
+//! The policy never touches credentials, the network or the store: `auth` says who is
+//! calling, `route` says what is needed, the store supplies the records.
+
+pub mod pattern;
+pub mod scope_map;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::access::{Access, Action, ActionSet, Requirement, ScopeHint};
+use crate::oci::RepoName;
+pub use pattern::RepoPattern;
+pub use scope_map::{MapKind, MapName, ScopeMap};
+pub use token::{Password, Slot, Status, Token, TokenName};
+
+/// Who a request acts as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subject {
+    Token(TokenName),
+    Anonymous,
+}
+
+/// How the caller proved who it is (closed set, for metrics and audit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// No `Authorization` header.
+    None,
+    /// `Basic <token>:<password>`.
+    Basic,
+    /// A session token issued by our token server.
+    Session,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::None => "none",
+            CredentialKind::Basic => "basic",
+            CredentialKind::Session => "session",
+        }
+    }
+}
+
+/// An authenticated caller: who, how, and (for session tokens) the access the token carries.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub subject: Subject,
+    pub credential: CredentialKind,
+    pub session: Option<Access>,
+}
+
+impl Principal {
+    pub fn anonymous() -> Principal {
+        Principal { subject: Subject::Anonymous, credential: CredentialKind::None, session: None }
+    }
+}
+
+/// Proof that the policy allowed a request. Only [`Policy::decide`] makes one.
+#[derive(Debug)]
+pub struct Grant {
+    mount_allowed: bool,
+    catalog: Option<CatalogView>,
+}
+
+impl Grant {
+    /// Whether a mount's source may be read (otherwise `mount`/`from` are stripped).
+    pub fn mount_allowed(&self) -> bool {
+        self.mount_allowed
+    }
+
+    /// For catalog requests: which repositories the caller may see.
+    pub fn catalog(&self) -> Option<&CatalogView> {
+        self.catalog.as_ref()
+    }
+}
+
+/// The catalog filter of a grant: a repository is listed iff the caller holds metadata/read.
+#[derive(Debug)]
+pub struct CatalogView {
+    policy: Arc<Policy>,
+    subject: Subject,
+}
+
+impl CatalogView {
+    pub fn may_list(&self, repo: &RepoName) -> bool {
+        self.policy.subject_holds(&self.subject, repo).contains(Action::MetadataRead)
+    }
+}
+
+/// Why a request was refused; `reject` turns it into 401 or 403.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// No credential was sent; a login could help (401, plain challenge).
+    Unauthenticated { hints: Vec<ScopeHint> },
+    /// A session token lacks access that a new token could carry (401 insufficient_scope).
+    InsufficientScope { hints: Vec<ScopeHint> },
+    /// The caller does not hold the action; no new token can help (403 DENIED).
+    Denied { reason: String },
+}
+
+/// The whole policy at one moment.
+#[derive(Debug, Default)]
+pub struct Policy {
+    /// Increases with every change; caches compare it.
+    pub epoch: u64,
+    maps: HashMap<MapName, ScopeMap>,
+    tokens: HashMap<TokenName, Token>,
+    anonymous: Option<MapName>,
+}
+
+impl Policy {
+    /// Builds a snapshot from user-defined maps and tokens; the system maps are added here.
+    pub fn new(epoch: u64, user_maps: Vec<ScopeMap>, tokens: Vec<Token>, anonymous: Option<MapName>) -> Policy {
+        let maps = ScopeMap::system_maps().chain(user_maps).map(|m| (m.name.clone(), m)).collect();
+        let tokens = tokens.into_iter().map(|t| (t.name.clone(), t)).collect();
+        Policy { epoch, maps, tokens, anonymous }
+    }
+
+    pub fn map(&self, name: &MapName) -> Option<&ScopeMap> {
+        self.maps.get(name)
+    }
+
+    pub fn maps(&self) -> impl Iterator<Item = &ScopeMap> {
+        self.maps.values()
+    }
+
+    pub fn token(&self, name: &TokenName) -> Option<&Token> {
+        self.tokens.get(name)
+    }
+
+    pub fn tokens(&self) -> impl Iterator<Item = &Token> {
+        self.tokens.values()
+    }
+
+    pub fn anonymous_map(&self) -> Option<&MapName> {
+        self.anonymous.as_ref()
+    }
+
+    /// What the subject holds on `repo` now, before any session restriction. A disabled or
+    /// vanished token, or a missing map, holds nothing.
+    fn subject_holds(&self, subject: &Subject, repo: &RepoName) -> ActionSet {
+        let map = match subject {
+            Subject::Token(name) => match self.tokens.get(name) {
+                Some(t) if t.status == Status::Enabled => Some(&t.scope_map),
+                Some(_) | None => None,
+            },
+            Subject::Anonymous => self.anonymous.as_ref(),
+        };
+        map.and_then(|m| self.maps.get(m)).map(|m| m.holds(repo)).unwrap_or_default()
+    }
+
+    /// What the principal may do on `repo` now: its subject's holdings, intersected with
+    /// the session's access when it came with a session token.
+    pub fn holdings(&self, p: &Principal, repo: &RepoName) -> ActionSet {
+        let held = self.subject_holds(&p.subject, repo);
+        match &p.session {
+            Some(access) => held.intersect(access.on(repo)),
+            None => held,
+        }
+    }
+
+    /// Whether the principal may be given `registry:catalog:*` (any authenticated subject;
+    /// the listing itself is filtered).
+    pub fn may_request_catalog(&self, p: &Principal) -> bool {
+        !matches!(p.subject, Subject::Anonymous)
+    }
+
+    /// The decision. Fails closed: every arm names its case, and anything not granted is a
+    /// `Denial`.
+    pub fn decide(self: &Arc<Self>, p: &Principal, need: Requirement<'_>) -> Result<Grant, Denial> {
+        let no_credential = p.credential == CredentialKind::None;
+        match need {
+            Requirement::Authenticated => {
+                if no_credential {
+                    Err(Denial::Unauthenticated { hints: vec![] })
+                } else {
+                    Ok(Grant { mount_allowed: false, catalog: None })
+                }
+            }
+            Requirement::Catalog => {
+                let allowed = match (&p.subject, &p.session) {
+                    (Subject::Anonymous, _) => false,
+                    (Subject::Token(_), Some(access)) => access.catalog,
+                    (Subject::Token(_), None) => true,
+                };
+                if allowed {
+                    let view = CatalogView { policy: Arc::clone(self), subject: p.subject.clone() };
+                    return Ok(Grant { mount_allowed: false, catalog: Some(view) });
+                }
+                let hints = vec![ScopeHint::Catalog];
+                match (no_credential, &p.subject) {
+                    (true, _) => Err(Denial::Unauthenticated { hints }),
+                    (false, Subject::Anonymous) | (false, Subject::Token(_)) => Err(Denial::InsufficientScope { hints }),
+                }
+            }
+            Requirement::Repository { repo, action, mount_from } => {
+                if self.holdings(p, repo).contains(action) {
+                    let mount_allowed = mount_from.is_some_and(|f| self.holdings(p, f).contains(Action::ContentRead));
+                    return Ok(Grant { mount_allowed, catalog: None });
+                }
+                let hints = vec![ScopeHint::Repository(repo.clone(), action)];
+                let subject_has_it = self.subject_holds(&p.subject, repo).contains(action);
+                match (p.credential, &p.subject) {
+                    (CredentialKind::None, _) => Err(Denial::Unauthenticated { hints }),
+                    (CredentialKind::Session, Subject::Anonymous) => Err(Denial::InsufficientScope { hints }),
+                    (CredentialKind::Session, Subject::Token(_)) if subject_has_it => Err(Denial::InsufficientScope { hints }),
+                    (CredentialKind::Session | CredentialKind::Basic, Subject::Token(t)) => Err(Denial::Denied {
+                        reason: format!("token {t} is not granted {action} on repository {repo}"),
+                    }),
+                    (CredentialKind::Basic, Subject::Anonymous) => {
+                        Err(Denial::Denied { reason: format!("anonymous access to {action} on {repo} is not granted") })
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

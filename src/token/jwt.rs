@@ -1,0 +1,254 @@
+//! Session and refresh tokens: the JWTs the token server mints and the gateway verifies.
+//! ES256 only, `kid` looked up among our own keys (never a key from the token's header:
+//! `jwk`, `x5c` and `jku` are ignored), `iss` and `aud` exact, `exp`/`nbf` with a small
+//! leeway, and a `use` claim so a refresh token is never accepted as a session and the
+//! reverse. Claims follow distribution's layout; `access` uses the claim words of
+//! `access.rs`, and `cred` binds the token to the password that earned it.
+//!
+//! Verifying here says only "we minted this and it has not expired"; whether it is still
+//! good against the policy now is `auth`'s question.
+
+use jsonwebtoken::{Algorithm, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::access::{Access, ActionSet};
+use crate::auth::secret::random_id;
+use crate::oci::RepoName;
+use crate::policy::{Slot, TokenName};
+use crate::token::keys::KeySet;
+
+/// Leeway for `exp` and `nbf` between replicas' clocks.
+const LEEWAY_SECS: u64 = 5;
+
+/// What a token is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Use {
+    Access,
+    Refresh,
+}
+
+/// The password a token was earned with: sessions die when it changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub slot: Slot,
+    pub password_id: String,
+}
+
+impl Binding {
+    fn encode(&self) -> String {
+        format!("{}:{}", self.slot.as_str(), self.password_id)
+    }
+
+    fn decode(s: &str) -> Option<Binding> {
+        let (slot, id) = s.split_once(':')?;
+        Some(Binding { slot: Slot::parse(slot)?, password_id: id.to_owned() })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct AccessEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    actions: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    aud: String,
+    exp: i64,
+    nbf: i64,
+    iat: i64,
+    jti: String,
+    #[serde(rename = "use")]
+    token_use: Use,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    access: Vec<AccessEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cred: Option<String>,
+}
+
+/// What a verified token says.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// `None` for an anonymous session.
+    pub subject: Option<TokenName>,
+    pub binding: Option<Binding>,
+    pub access: Access,
+    pub expires_at: i64,
+}
+
+/// What to put in a new token.
+pub struct Mint<'a> {
+    pub token_use: Use,
+    pub subject: Option<&'a TokenName>,
+    pub binding: Option<&'a Binding>,
+    pub access: &'a Access,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error("token is malformed or not signed by this gateway")]
+    Invalid,
+    #[error("token has expired")]
+    Expired,
+    #[error("token could not be signed")]
+    Sign,
+}
+
+/// Mints and verifies our JWTs for one issuer and service.
+#[derive(Debug)]
+pub struct Issuer {
+    pub issuer: String,
+    pub service: String,
+    keys: KeySet,
+}
+
+impl Issuer {
+    pub fn new(issuer: String, service: String, keys: KeySet) -> Issuer {
+        Issuer { issuer, service, keys }
+    }
+
+    pub fn keys(&self) -> &KeySet {
+        &self.keys
+    }
+
+    pub fn mint(&self, m: &Mint<'_>) -> Result<String, JwtError> {
+        let key = self.keys.current();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key.kid.clone());
+        let mut access: Vec<AccessEntry> = m
+            .access
+            .repositories
+            .iter()
+            .map(|(name, set)| AccessEntry {
+                kind: "repository".into(),
+                name: name.to_string(),
+                actions: set.claim_words().map(str::to_owned).collect(),
+            })
+            .collect();
+        if m.access.catalog {
+            access.push(AccessEntry { kind: "registry".into(), name: "catalog".into(), actions: vec!["*".into()] });
+        }
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: m.subject.map(ToString::to_string).unwrap_or_default(),
+            aud: self.service.clone(),
+            exp: m.expires_at,
+            nbf: m.issued_at,
+            iat: m.issued_at,
+            jti: random_id().map_err(|_| JwtError::Sign)?,
+            token_use: m.token_use,
+            access,
+            cred: m.binding.map(Binding::encode),
+        };
+        jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|_| JwtError::Sign)
+    }
+
+    /// Verifies a token of the given use.
+    pub fn verify(&self, token: &str, want: Use) -> Result<Verified, JwtError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
+        if header.alg != Algorithm::ES256 {
+            return Err(JwtError::Invalid);
+        }
+        let key = header.kid.as_deref().and_then(|kid| self.keys.get(kid)).ok_or(JwtError::Invalid)?;
+        let mut v = Validation::new(Algorithm::ES256);
+        v.leeway = LEEWAY_SECS;
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.service]);
+        v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => JwtError::Expired,
+            _ => JwtError::Invalid,
+        })?;
+        let c = data.claims;
+        if c.token_use != want {
+            return Err(JwtError::Invalid);
+        }
+        let subject = if c.sub.is_empty() { None } else { Some(TokenName::parse(&c.sub).map_err(|_| JwtError::Invalid)?) };
+        let binding = match c.cred {
+            Some(s) => Some(Binding::decode(&s).ok_or(JwtError::Invalid)?),
+            None => None,
+        };
+        let mut access = Access::default();
+        for e in c.access {
+            match (e.kind.as_str(), e.name.as_str()) {
+                ("repository", name) => {
+                    let repo = RepoName::parse(name).map_err(|_| JwtError::Invalid)?;
+                    let set = ActionSet::from_claim_words(e.actions.iter().map(String::as_str)).ok_or(JwtError::Invalid)?;
+                    access.add(repo, set);
+                }
+                ("registry", "catalog") if e.actions == ["*"] => access.catalog = true,
+                _ => return Err(JwtError::Invalid),
+            }
+        }
+        Ok(Verified { subject, binding, access, expires_at: c.exp })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Action;
+    use crate::token::keys::SigningKey;
+    use time::OffsetDateTime;
+
+    fn issuer() -> Issuer {
+        let k = SigningKey::generate(OffsetDateTime::UNIX_EPOCH).unwrap();
+        Issuer::new("scopegate".into(), "svc".into(), KeySet::new(vec![k]).unwrap())
+    }
+
+    fn now() -> i64 {
+        OffsetDateTime::now_utc().unix_timestamp()
+    }
+
+    #[test]
+    fn a_minted_session_verifies_with_its_access_and_binding() {
+        let iss = issuer();
+        let mut access = Access::default();
+        access.add(RepoName::parse("a/b").unwrap(), ActionSet::of(&[Action::ContentRead, Action::MetadataRead]));
+        access.catalog = true;
+        let name = TokenName::parse("ci").unwrap();
+        let binding = Binding { slot: Slot::Password2, password_id: "abc".into() };
+        let t = iss
+            .mint(&Mint {
+                token_use: Use::Access,
+                subject: Some(&name),
+                binding: Some(&binding),
+                access: &access,
+                issued_at: now(),
+                expires_at: now() + 300,
+            })
+            .unwrap();
+        let v = iss.verify(&t, Use::Access).unwrap();
+        assert_eq!(v.access, access);
+        assert_eq!(v.subject, Some(name));
+        assert_eq!(v.binding, Some(binding));
+        // a session is not a refresh token
+        assert!(iss.verify(&t, Use::Refresh).is_err());
+        // another gateway's key does not verify
+        assert!(issuer().verify(&t, Use::Access).is_err());
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let iss = issuer();
+        let t = iss
+            .mint(&Mint {
+                token_use: Use::Access,
+                subject: None,
+                binding: None,
+                access: &Access::default(),
+                issued_at: now() - 600,
+                expires_at: now() - 300,
+            })
+            .unwrap();
+        assert!(matches!(iss.verify(&t, Use::Access), Err(JwtError::Expired)));
+    }
+}
