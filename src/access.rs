@@ -238,3 +238,14 @@ impl fmt::Display for ScopeHint {
         }
     }
 }
+
+impl Requirement<'_> {
+    /// The scopes a challenge for this requirement names.
+    pub fn hints(&self) -> Vec<ScopeHint> {
+        match self {
+            Requirement::Authenticated => vec![],
+            Requirement::Catalog => vec![ScopeHint::Catalog],
+            Requirement::Repository { repo, action, .. } => vec![ScopeHint::Repository((*repo).clone(), *action)],
+        }
+    }
+}

@@ -257,3 +257,28 @@ mod tests {
         assert!(resp.headers().get(header::WWW_AUTHENTICATE).is_none());
     }
 }
+
+impl From<crate::policy::Denial> for Rejection {
+    fn from(d: crate::policy::Denial) -> Self {
+        use crate::policy::Denial;
+        match d {
+            Denial::Unauthenticated { hints } => {
+                Rejection::unauthorized(Challenge { scopes: hints, error: None }, "authentication required")
+            }
+            Denial::InsufficientScope { hints, .. } => Rejection::unauthorized(
+                Challenge { scopes: hints, error: Some(ChallengeError::InsufficientScope) },
+                "requested access to the resource is denied (insufficient scope)",
+            ),
+            Denial::Denied { reason } => Rejection::denied(format!("requested access to the resource is denied: {reason}")),
+        }
+    }
+}
+
+impl Rejection {
+    /// A credential that failed on a `/v2` request: 401 with a challenge for what the
+    /// request needs (`error="invalid_token"` when a Bearer token was sent).
+    pub fn auth_failed(f: crate::auth::AuthFailure, hints: Vec<ScopeHint>) -> Self {
+        let error = f.bearer.then_some(ChallengeError::InvalidToken);
+        Rejection::unauthorized(Challenge { scopes: hints, error }, f.reason)
+    }
+}

@@ -99,8 +99,10 @@ impl CatalogView {
 pub enum Denial {
     /// No credential was sent; a login could help (401, plain challenge).
     Unauthenticated { hints: Vec<ScopeHint> },
-    /// A session token lacks access that a new token could carry (401 insufficient_scope).
-    InsufficientScope { hints: Vec<ScopeHint> },
+    /// A session token lacks the access (401 insufficient_scope: the token protocol's answer,
+    /// on which clients request a new token and report "denied" if that does not help).
+    /// `reason` says whether the caller holds the access at all (for the audit log).
+    InsufficientScope { hints: Vec<ScopeHint>, reason: String },
     /// The caller does not hold the action; no new token can help (403 DENIED).
     Denied { reason: String },
 }
@@ -197,7 +199,12 @@ impl Policy {
                 let hints = vec![ScopeHint::Catalog];
                 match (no_credential, &p.subject) {
                     (true, _) => Err(Denial::Unauthenticated { hints }),
-                    (false, Subject::Anonymous) | (false, Subject::Token(_)) => Err(Denial::InsufficientScope { hints }),
+                    (false, Subject::Anonymous) => {
+                        Err(Denial::InsufficientScope { hints, reason: "anonymous callers cannot list the catalog".into() })
+                    }
+                    (false, Subject::Token(_)) => {
+                        Err(Denial::InsufficientScope { hints, reason: "the session token does not carry registry:catalog:*".into() })
+                    }
                 }
             }
             Requirement::Repository { repo, action, mount_from } => {
@@ -206,17 +213,20 @@ impl Policy {
                     return Ok(Grant { mount_allowed, catalog: None });
                 }
                 let hints = vec![ScopeHint::Repository(repo.clone(), action)];
-                let subject_has_it = self.subject_holds(&p.subject, repo).contains(action);
-                match (p.credential, &p.subject) {
-                    (CredentialKind::None, _) => Err(Denial::Unauthenticated { hints }),
-                    (CredentialKind::Session, Subject::Anonymous) => Err(Denial::InsufficientScope { hints }),
-                    (CredentialKind::Session, Subject::Token(_)) if subject_has_it => Err(Denial::InsufficientScope { hints }),
-                    (CredentialKind::Session | CredentialKind::Basic, Subject::Token(t)) => Err(Denial::Denied {
-                        reason: format!("token {t} is not granted {action} on repository {repo}"),
-                    }),
-                    (CredentialKind::Basic, Subject::Anonymous) => {
-                        Err(Denial::Denied { reason: format!("anonymous access to {action} on {repo} is not granted") })
-                    }
+                let held = self.subject_holds(&p.subject, repo).contains(action);
+                let who = match &p.subject {
+                    Subject::Token(t) => format!("token {t}"),
+                    Subject::Anonymous => "the anonymous caller".to_owned(),
+                };
+                let reason = if held {
+                    format!("the session token does not carry {action} on repository {repo}")
+                } else {
+                    format!("{who} is not granted {action} on repository {repo}")
+                };
+                match p.credential {
+                    CredentialKind::None => Err(Denial::Unauthenticated { hints }),
+                    CredentialKind::Session => Err(Denial::InsufficientScope { hints, reason }),
+                    CredentialKind::Basic => Err(Denial::Denied { reason }),
                 }
             }
         }

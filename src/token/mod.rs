@@ -1,4 +1,250 @@
-//! Token server placeholder (filled in below).
+//! The Docker token server at `<public-url>/token` (the challenge's realm): `GET` with Basic
+//! credentials or none, and the OAuth2 `POST` form with `grant_type=password` or
+//! `refresh_token`. It authenticates, parses every requested scope (repeated and/or
+//! space-separated; repeated resources unioned), grants the intersection of what is asked
+//! and what the caller holds now (an empty grant is a valid login token), and answers with
+//! `token` = `access_token`, integer `expires_in` and RFC 3339 `issued_at`; with
+//! `offline_token=true` / `access_type=offline` also a reusable refresh token bound to the
+//! password that earned it. Wrong credentials get 401, never an anonymous token.
+//!
+//! This module mints; it does not authorize `/v2` requests (the gateway does, live).
+
 pub mod jwt;
 pub mod keys;
 pub mod scope;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::access::{Access, ActionSet};
+use crate::auth::secret::Secret;
+use crate::auth::{AuthFailure, Authenticator, Credential};
+use crate::body::{full, Body};
+use crate::config::TokenSettings;
+use crate::policy::{CredentialKind, Policy, Principal, Subject, TokenName};
+use crate::reject::{Code, Rejection};
+use jwt::{Binding, Mint, Use};
+use scope::Scope;
+
+/// Largest form body accepted on `POST /token`.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// What a token request asked for, from either form.
+#[derive(Default)]
+struct TokenRequest {
+    service: Option<String>,
+    scopes: Vec<Scope>,
+    offline: bool,
+    grant: Grant,
+}
+
+#[derive(Default)]
+enum Grant {
+    /// GET: whatever the Authorization header says.
+    #[default]
+    Header,
+    Password { username: String, password: Secret },
+    Refresh(String),
+}
+
+/// The outcome of a token request, for logs and metrics.
+#[derive(Debug)]
+pub struct Issued {
+    pub subject: Subject,
+    pub credential: CredentialKind,
+    pub repositories: usize,
+}
+
+/// Serves one request to the token endpoint.
+pub async fn handle<B>(
+    req: Request<B>,
+    policy: &Policy,
+    auth: &Authenticator,
+    settings: &TokenSettings,
+) -> Result<(Response<Body>, Issued), Rejection>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::body::BoxError>,
+{
+    let now = OffsetDateTime::now_utc();
+    let is_post = match *req.method() {
+        Method::GET => false,
+        Method::POST => true,
+        _ => return Err(Rejection::method_not_allowed("GET, POST", "the token endpoint answers GET and POST")),
+    };
+    let credential = Credential::extract(req.headers()).map_err(login_failure)?;
+    let tr = if is_post {
+        parse_form(req).await?
+    } else {
+        parse_pairs(form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()), false)?
+    };
+    if let Some(s) = &tr.service {
+        if s != &settings.service {
+            return Err(Rejection::bad_request(Code::InvalidRequest, format!("unknown service {s:?} (this token server serves {:?})", settings.service)));
+        }
+    }
+
+    // who is asking, and which password (if any) the tokens will be bound to
+    let (principal, binding, reuse_refresh) = match (&tr.grant, &credential) {
+        (Grant::Refresh(t), _) => {
+            let (name, binding) = auth.verify_refresh(t, policy, now).map_err(login_failure)?;
+            (token_principal(name, CredentialKind::Session), Some(binding), Some(t.clone()))
+        }
+        (Grant::Password { username, password }, _) => {
+            let (name, binding) = auth.verify_password(username, password, policy, now).map_err(login_failure)?;
+            (token_principal(name, CredentialKind::Basic), Some(binding), None)
+        }
+        (Grant::Header, Credential::Basic { username, password }) => {
+            let (name, binding) = auth.verify_password(username, password, policy, now).map_err(login_failure)?;
+            (token_principal(name, CredentialKind::Basic), Some(binding), None)
+        }
+        (Grant::Header, Credential::None) => (Principal::anonymous(), None, None),
+        (Grant::Header, Credential::Bearer(_)) => {
+            return Err(Rejection::unauthenticated("the token endpoint takes Basic credentials or a refresh token, not a Bearer token"))
+        }
+    };
+
+    let access = grant(policy, &principal, &tr.scopes);
+    let subject_name = match &principal.subject {
+        Subject::Token(n) => Some(n),
+        Subject::Anonymous => None,
+    };
+    let issued_at = now.unix_timestamp();
+    let lifetime = i64::try_from(settings.lifetime.as_secs()).unwrap_or(300);
+    let token = auth
+        .issuer()
+        .mint(&Mint { token_use: Use::Access, subject: subject_name, binding: binding.as_ref(), access: &access, issued_at, expires_at: issued_at + lifetime })
+        .map_err(|e| Rejection::internal(e.to_string()))?;
+
+    let refresh = match (tr.offline, reuse_refresh, subject_name, &binding) {
+        (true, Some(same), _, _) => Some(same),
+        (true, None, Some(name), Some(b)) => Some(mint_refresh(auth, policy, name, b, settings, issued_at)?),
+        _ => None,
+    };
+
+    let mut body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": lifetime,
+        "issued_at": now.format(&Rfc3339).unwrap_or_default(),
+    });
+    if let Some(r) = refresh {
+        body["refresh_token"] = r.into();
+    }
+    if is_post {
+        body["scope"] = scope::format_access(&access).into();
+    }
+    let mut resp = Response::new(full(body.to_string()));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    *resp.status_mut() = StatusCode::OK;
+    let issued = Issued { subject: principal.subject, credential: principal.credential, repositories: access.repositories.len() };
+    Ok((resp, issued))
+}
+
+fn token_principal(name: TokenName, credential: CredentialKind) -> Principal {
+    Principal { subject: Subject::Token(name), credential, session: None }
+}
+
+/// Requested ∩ held, per resource; repeated resources add up.
+fn grant(policy: &Policy, p: &Principal, scopes: &[Scope]) -> Access {
+    let mut access = Access::default();
+    for s in scopes {
+        match s {
+            Scope::Repository { name, actions } => {
+                let held = policy.holdings(p, name);
+                access.add(name.clone(), ActionSet::from_request_words(actions.iter().map(String::as_str), held));
+            }
+            Scope::Catalog { actions } => {
+                if actions.iter().any(|a| a == "*") && policy.may_request_catalog(p) {
+                    access.catalog = true;
+                }
+            }
+            Scope::Other => {}
+        }
+    }
+    access
+}
+
+/// A refresh token lives for the configured time, but never past its password's expiry.
+fn mint_refresh(
+    auth: &Authenticator,
+    policy: &Policy,
+    name: &TokenName,
+    binding: &Binding,
+    settings: &TokenSettings,
+    issued_at: i64,
+) -> Result<String, Rejection> {
+    let mut expires_at = issued_at + i64::try_from(settings.refresh_lifetime.as_secs()).unwrap_or(i64::MAX / 2);
+    let expiry = policy.token(name).and_then(|t| t.password(binding.slot)).and_then(|p| p.expiry);
+    if let Some(e) = expiry {
+        expires_at = expires_at.min(e.unix_timestamp());
+    }
+    auth.issuer()
+        .mint(&Mint { token_use: Use::Refresh, subject: Some(name), binding: Some(binding), access: &Access::default(), issued_at, expires_at })
+        .map_err(|e| Rejection::internal(e.to_string()))
+}
+
+fn login_failure(f: AuthFailure) -> Rejection {
+    Rejection::unauthenticated(f.reason)
+}
+
+async fn parse_form<B>(req: Request<B>) -> Result<TokenRequest, Rejection>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::body::BoxError>,
+{
+    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let media = ct.split(';').next().unwrap_or_default().trim();
+    if !media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(Rejection::unsupported_media_type("POST /token takes an application/x-www-form-urlencoded body"));
+    }
+    let bytes = Limited::new(req.into_body(), MAX_FORM_BYTES)
+        .collect()
+        .await
+        .map_err(|e| Rejection::bad_request(Code::InvalidRequest, format!("cannot read the form body: {e}")))?
+        .to_bytes();
+    parse_pairs(form_urlencoded::parse(&bytes), true)
+}
+
+fn parse_pairs<'a>(pairs: impl Iterator<Item = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>, post: bool) -> Result<TokenRequest, Rejection> {
+    let mut tr = TokenRequest::default();
+    let (mut grant_type, mut username, mut password, mut refresh) = (None, None, None, None);
+    let once = |slot: &mut Option<String>, k: &str, v: &str| -> Result<(), Rejection> {
+        if slot.replace(v.to_owned()).is_some() {
+            return Err(Rejection::bad_request(Code::InvalidRequest, format!("parameter {k:?} given more than once")));
+        }
+        Ok(())
+    };
+    for (k, v) in pairs {
+        match k.as_ref() {
+            "scope" => tr.scopes.extend(scope::parse(&v).map_err(|e| Rejection::bad_request(Code::InvalidRequest, e.to_string()))?),
+            "service" => once(&mut tr.service, &k, &v)?,
+            "offline_token" if !post => tr.offline = v.eq_ignore_ascii_case("true"),
+            "access_type" if post => tr.offline = v == "offline",
+            "grant_type" if post => once(&mut grant_type, &k, &v)?,
+            "username" if post => once(&mut username, &k, &v)?,
+            "password" if post => once(&mut password, &k, &v)?,
+            "refresh_token" if post => once(&mut refresh, &k, &v)?,
+            // client_id, account and anything else: informational, never trusted
+            _ => {}
+        }
+    }
+    if post {
+        tr.grant = match grant_type.as_deref() {
+            Some("password") => match (username, password) {
+                (Some(u), Some(p)) => Grant::Password { username: u, password: Secret::new(p) },
+                _ => return Err(Rejection::bad_request(Code::InvalidRequest, "grant_type=password needs username and password")),
+            },
+            Some("refresh_token") => Grant::Refresh(
+                refresh.ok_or_else(|| Rejection::bad_request(Code::InvalidRequest, "grant_type=refresh_token needs refresh_token"))?,
+            ),
+            Some(other) => return Err(Rejection::bad_request(Code::InvalidRequest, format!("unsupported grant_type {other:?}"))),
+            None => return Err(Rejection::bad_request(Code::InvalidRequest, "grant_type is required")),
+        };
+    }
+    Ok(tr)
+}

@@ -82,3 +82,16 @@ mod tests {
         }
     }
 }
+
+/// Formats granted access as a space-separated scope string (the POST response's `scope`).
+pub fn format_access(access: &crate::access::Access) -> String {
+    let mut parts: Vec<String> = access
+        .repositories
+        .iter()
+        .map(|(name, set)| format!("repository:{name}:{}", set.claim_words().collect::<Vec<_>>().join(",")))
+        .collect();
+    if access.catalog {
+        parts.push("registry:catalog:*".into());
+    }
+    parts.join(" ")
+}

@@ -1,0 +1,402 @@
+//! The admin API, on its own listener: scope maps and tokens, as `az acr scope-map` and
+//! `az acr token` manage them. Every route under `/api/v1` needs `Authorization: Bearer
+//! <admin token>`; bodies are JSON with unknown fields refused; every refusal says why and
+//! changes nothing. Password values are generated here and returned once; only digests
+//! are stored.
+//!
+//! Routes:
+//! ```text
+//! GET    /api/v1/scope-maps            POST /api/v1/scope-maps
+//! GET    /api/v1/scope-maps/{name}     PATCH, DELETE /api/v1/scope-maps/{name}
+//! GET    /api/v1/tokens                POST /api/v1/tokens
+//! GET    /api/v1/tokens/{name}         PATCH, DELETE /api/v1/tokens/{name}
+//! POST   /api/v1/tokens/{name}/credentials           (generate password1 and/or password2)
+//! DELETE /api/v1/tokens/{name}/credentials/{slot}
+//! GET    /healthz                      (no authentication)
+//! ```
+//! The admin API changes records; it never decides a registry request.
+
+pub mod views;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
+
+use crate::access::{Action, ActionSet};
+use crate::auth::secret::{self, Secret};
+use crate::body::{full, Body, BoxError};
+use crate::policy::{MapName, Password, RepoPattern, ScopeMap, Slot, Status, Token, TokenName};
+use crate::reject::{Code, Rejection};
+use crate::state::State;
+use crate::store::StoreError;
+use views::*;
+
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Serves one request on the admin listener.
+pub async fn handle<B>(state: Arc<State>, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    match route(&state, req).await {
+        Ok((status, v)) => json_response(status, &v),
+        Err(r) => r.to_response(&state.realm, &state.config.token.service),
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(full(format!("{v:#}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+type Answer = Result<(StatusCode, Value), Rejection>;
+
+async fn route<B>(state: &Arc<State>, req: Request<B>) -> Answer
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let path = req.uri().path().to_owned();
+    if path == "/healthz" {
+        return Ok((StatusCode::OK, json!({"status": "ok"})));
+    }
+    let Some(rest) = path.strip_prefix("/api/v1/") else {
+        return Err(Rejection::not_found(Code::NotFound, format!("no admin route {path}")));
+    };
+    authorize(state, &req)?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    let method = req.method().clone();
+    match (method, segs.as_slice()) {
+        (Method::GET, ["scope-maps"]) => list_maps(state),
+        (Method::POST, ["scope-maps"]) => create_map(state, body(req).await?).await,
+        (Method::GET, ["scope-maps", name]) => show_map(state, name),
+        (Method::PATCH, ["scope-maps", name]) => update_map(state, name, body(req).await?).await,
+        (Method::DELETE, ["scope-maps", name]) => delete_map(state, name).await,
+        (Method::GET, ["tokens"]) => list_tokens(state),
+        (Method::POST, ["tokens"]) => create_token(state, body(req).await?).await,
+        (Method::GET, ["tokens", name]) => show_token(state, name),
+        (Method::PATCH, ["tokens", name]) => update_token(state, name, body(req).await?).await,
+        (Method::DELETE, ["tokens", name]) => delete_token(state, name).await,
+        (Method::POST, ["tokens", name, "credentials"]) => generate(state, name, body(req).await?).await,
+        (Method::DELETE, ["tokens", name, "credentials", slot]) => delete_credential(state, name, slot).await,
+        (m, _) => Err(Rejection::not_found(Code::NotFound, format!("no admin route {m} {path}"))),
+    }
+}
+
+fn authorize<B>(state: &State, req: &Request<B>) -> Result<(), Rejection> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Rejection::unauthenticated("the admin API needs Authorization: Bearer <admin token>"))?;
+    if state.is_admin_token(presented) {
+        Ok(())
+    } else {
+        Err(Rejection::unauthenticated("invalid admin token"))
+    }
+}
+
+async fn body<T: DeserializeOwned, B>(req: Request<B>) -> Result<T, Rejection>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    if !ct.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/json") {
+        return Err(Rejection::unsupported_media_type("the admin API takes application/json bodies"));
+    }
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| Rejection::bad_request(Code::InvalidRequest, format!("cannot read the request body: {e}")))?
+        .to_bytes();
+    let bytes = if bytes.is_empty() { Bytes::from_static(b"{}") } else { bytes };
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid request body: {e}")))
+}
+
+fn bad(msg: impl Into<std::borrow::Cow<'static, str>>) -> Rejection {
+    Rejection::bad_request(Code::InvalidRequest, msg)
+}
+
+fn store_error(e: StoreError) -> Rejection {
+    match e {
+        StoreError::NotFound(what) => Rejection::not_found(Code::NotFound, format!("{what} not found")),
+        StoreError::Conflict(what) => Rejection::conflict(format!("{what} already exists")),
+        StoreError::InUse(msg) => Rejection::conflict(msg),
+        StoreError::Invalid(msg) => bad(msg),
+        StoreError::Backend(msg) => Rejection::internal(format!("store failure: {msg}")),
+    }
+}
+
+fn map_name(s: &str) -> Result<MapName, Rejection> {
+    MapName::parse(s).map_err(bad)
+}
+
+fn token_name(s: &str) -> Result<TokenName, Rejection> {
+    TokenName::parse(s).map_err(bad)
+}
+
+/// Parses `{repository, actions}` lists into rules.
+fn rules(list: &[RepoActions]) -> Result<BTreeMap<RepoPattern, ActionSet>, Rejection> {
+    let mut out: BTreeMap<RepoPattern, ActionSet> = BTreeMap::new();
+    for ra in list {
+        let p = RepoPattern::parse(&ra.repository)
+            .map_err(|_| bad(format!("invalid repository pattern {:?}: use a repository name, <prefix>/* or *", ra.repository)))?;
+        if ra.actions.is_empty() {
+            return Err(bad(format!("no actions given for repository {:?}", ra.repository)));
+        }
+        let mut set = ActionSet::EMPTY;
+        for a in &ra.actions {
+            let action = Action::parse(a).ok_or_else(|| {
+                bad(format!("invalid action {a:?}: expected content/read, content/write, content/delete, metadata/read or metadata/write"))
+            })?;
+            set = set.union(ActionSet::of(&[action]));
+        }
+        let e = out.entry(p).or_default();
+        *e = e.union(set);
+    }
+    Ok(out)
+}
+
+fn expiry(now: OffsetDateTime, days: Option<u32>, at: Option<&str>) -> Result<Option<OffsetDateTime>, Rejection> {
+    match (days, at) {
+        (Some(_), Some(_)) => Err(bad("give either an expiration in days or an expiration time, not both")),
+        (Some(0), None) => Err(bad("expiration in days must be at least 1")),
+        (Some(d), None) => Ok(Some(now + Duration::days(i64::from(d)))),
+        (None, Some(t)) => {
+            let t = OffsetDateTime::parse(t, &Rfc3339).map_err(|_| bad(format!("invalid expiration {t:?}: expected RFC 3339, e.g. 2027-01-31T00:00:00Z")))?;
+            if t <= now {
+                return Err(bad("expiration must be in the future"));
+            }
+            Ok(Some(t))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn new_password(now: OffsetDateTime, exp: Option<OffsetDateTime>) -> Result<(Password, Secret), Rejection> {
+    let value = secret::generate(secret::PASSWORD_PREFIX).map_err(|e| Rejection::internal(e.to_string()))?;
+    let id = secret::random_id().map_err(|e| Rejection::internal(e.to_string()))?;
+    Ok((Password { id, digest: value.digest(), created: now, expiry: exp }, value))
+}
+
+// === scope maps ===
+
+fn list_maps(state: &State) -> Answer {
+    let policy = state.policy();
+    let mut maps: Vec<&ScopeMap> = policy.maps().collect();
+    maps.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((StatusCode::OK, Value::Array(maps.into_iter().map(scope_map_view).collect())))
+}
+
+fn show_map(state: &State, name: &str) -> Answer {
+    let name = map_name(name)?;
+    let policy = state.policy();
+    let m = policy.map(&name).ok_or_else(|| Rejection::not_found(Code::NotFound, format!("scope map {name} not found")))?;
+    Ok((StatusCode::OK, scope_map_view(m)))
+}
+
+async fn create_map(state: &Arc<State>, req: CreateScopeMap) -> Answer {
+    let name = map_name(&req.name)?;
+    if name.is_system() {
+        return Err(bad(format!("{name} is a system scope map name; system maps cannot be created")));
+    }
+    if req.repositories.is_empty() {
+        return Err(bad("a scope map needs at least one repository with actions"));
+    }
+    let map = ScopeMap::new(name, req.description.unwrap_or_default(), OffsetDateTime::now_utc(), rules(&req.repositories)?);
+    let view = scope_map_view(&map);
+    state.write(move |store, _| store.create_scope_map(&map)).await.map_err(store_error)?;
+    Ok((StatusCode::CREATED, view))
+}
+
+async fn update_map(state: &Arc<State>, name: &str, req: UpdateScopeMap) -> Answer {
+    let name = map_name(name)?;
+    if name.is_system() {
+        return Err(Rejection::conflict(format!("{name} is a system scope map and cannot be changed")));
+    }
+    let add = rules(&req.add_repositories)?;
+    let remove = rules(&req.remove_repositories)?;
+    if add.is_empty() && remove.is_empty() && req.description.is_none() {
+        return Err(bad("nothing to update: give repositories to add or remove, or a description"));
+    }
+    let view = state
+        .write(move |store, policy| {
+            let mut m = policy.map(&name).cloned().ok_or_else(|| StoreError::NotFound(format!("scope map {name}")))?;
+            for (p, a) in add {
+                m.add(p, a);
+            }
+            for (p, a) in &remove {
+                if !m.rules().contains_key(p) {
+                    return Err(StoreError::Invalid(format!("scope map {name} has no rule for repository {p}; nothing to remove")));
+                }
+                m.remove(p, *a);
+            }
+            if let Some(d) = req.description {
+                m.description = d;
+            }
+            store.update_scope_map(&m)?;
+            Ok(scope_map_view(&m))
+        })
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::OK, view))
+}
+
+async fn delete_map(state: &Arc<State>, name: &str) -> Answer {
+    let name = map_name(name)?;
+    if name.is_system() {
+        return Err(Rejection::conflict(format!("{name} is a system scope map and cannot be deleted")));
+    }
+    state.write(move |store, _| store.delete_scope_map(&name)).await.map_err(store_error)?;
+    Ok((StatusCode::OK, json!({"deleted": true})))
+}
+
+// === tokens ===
+
+fn list_tokens(state: &State) -> Answer {
+    let policy = state.policy();
+    let mut tokens: Vec<&Token> = policy.tokens().collect();
+    tokens.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((StatusCode::OK, Value::Array(tokens.into_iter().map(|t| token_view(t, &[])).collect())))
+}
+
+fn show_token(state: &State, name: &str) -> Answer {
+    let name = token_name(name)?;
+    let policy = state.policy();
+    let t = policy.token(&name).ok_or_else(|| Rejection::not_found(Code::NotFound, format!("token {name} not found")))?;
+    Ok((StatusCode::OK, token_view(t, &[])))
+}
+
+async fn create_token(state: &Arc<State>, req: CreateToken) -> Answer {
+    let now = OffsetDateTime::now_utc();
+    let name = token_name(&req.name)?;
+    let status = req.status.as_deref().map(Status::parse).transpose().map_err(bad)?.unwrap_or(Status::Enabled);
+    let exp = expiry(now, req.expiration_in_days, req.expiration.as_deref())?;
+    let own_map = match (&req.scope_map, req.repositories.is_empty()) {
+        (Some(_), false) => return Err(bad("give either a scope map or repositories, not both")),
+        (None, true) => return Err(bad("a token needs a scope map or repositories with actions")),
+        (Some(_), true) => None,
+        (None, false) => {
+            let map_name = map_name(&format!("{name}-scope-map"))?;
+            Some(ScopeMap::new(map_name, format!("Scope map of token {name}"), now, rules(&req.repositories)?))
+        }
+    };
+    let scope_map = match (&req.scope_map, &own_map) {
+        (Some(m), _) => map_name(m)?,
+        (None, Some(m)) => m.name.clone(),
+        (None, None) => return Err(bad("a token needs a scope map")),
+    };
+    let mut token = Token::new(name, scope_map, status, now);
+    let mut fresh = Vec::new();
+    for slot in Slot::BOTH {
+        let (p, value) = new_password(now, exp)?;
+        token.set_password(slot, Some(p));
+        fresh.push((slot, value));
+    }
+    let view = token_view(&token, &fresh);
+    state
+        .write(move |store, policy| {
+            if own_map.is_none() && policy.map(&token.scope_map).is_none() {
+                return Err(StoreError::NotFound(format!("scope map {}", token.scope_map)));
+            }
+            store.create_token(&token, own_map.as_ref())
+        })
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::CREATED, view))
+}
+
+async fn update_token(state: &Arc<State>, name: &str, req: UpdateToken) -> Answer {
+    let name = token_name(name)?;
+    let new_map = req.scope_map.as_deref().map(map_name).transpose()?;
+    let new_status = req.status.as_deref().map(Status::parse).transpose().map_err(bad)?;
+    if new_map.is_none() && new_status.is_none() {
+        return Err(bad("nothing to update: give a scope map or a status"));
+    }
+    let view = state
+        .write(move |store, policy| {
+            let mut t = policy.token(&name).cloned().ok_or_else(|| StoreError::NotFound(format!("token {name}")))?;
+            if let Some(m) = new_map {
+                if policy.map(&m).is_none() {
+                    return Err(StoreError::NotFound(format!("scope map {m}")));
+                }
+                t.scope_map = m;
+            }
+            if let Some(s) = new_status {
+                t.status = s;
+            }
+            store.update_token(&t)?;
+            Ok(token_view(&t, &[]))
+        })
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::OK, view))
+}
+
+async fn delete_token(state: &Arc<State>, name: &str) -> Answer {
+    let name = token_name(name)?;
+    state.write(move |store, _| store.delete_token(&name)).await.map_err(store_error)?;
+    Ok((StatusCode::OK, json!({"deleted": true})))
+}
+
+async fn generate(state: &Arc<State>, name: &str, req: GenerateCredentials) -> Answer {
+    let now = OffsetDateTime::now_utc();
+    let name = token_name(name)?;
+    let exp = expiry(now, req.expiration_in_days, req.expiration.as_deref())?;
+    let slots: Vec<Slot> = match (req.password1, req.password2) {
+        (false, false) | (true, true) => Slot::BOTH.to_vec(),
+        (true, false) => vec![Slot::Password1],
+        (false, true) => vec![Slot::Password2],
+    };
+    let mut fresh = Vec::new();
+    let mut new = Vec::new();
+    for slot in slots {
+        let (p, value) = new_password(now, exp)?;
+        new.push((slot, p));
+        fresh.push((slot, value));
+    }
+    let token = state
+        .write(move |store, policy| {
+            let mut t = policy.token(&name).cloned().ok_or_else(|| StoreError::NotFound(format!("token {name}")))?;
+            for (slot, p) in new {
+                t.set_password(slot, Some(p));
+            }
+            store.update_token(&t)?;
+            Ok(t)
+        })
+        .await
+        .map_err(store_error)?;
+    let view = token_view(&token, &fresh);
+    Ok((StatusCode::OK, json!({"username": token.name.as_str(), "passwords": view["credentials"]["passwords"]})))
+}
+
+async fn delete_credential(state: &Arc<State>, name: &str, slot: &str) -> Answer {
+    let name = token_name(name)?;
+    let slot = Slot::parse(slot).ok_or_else(|| bad(format!("invalid password name {slot:?}: expected password1 or password2")))?;
+    let view = state
+        .write(move |store, policy| {
+            let mut t = policy.token(&name).cloned().ok_or_else(|| StoreError::NotFound(format!("token {name}")))?;
+            if t.password(slot).is_none() {
+                return Err(StoreError::NotFound(format!("{} of token {name}", slot.as_str())));
+            }
+            t.set_password(slot, None);
+            store.update_token(&t)?;
+            Ok(token_view(&t, &[]))
+        })
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::OK, view))
+}

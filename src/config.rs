@@ -1,0 +1,368 @@
+//! Configuration: one YAML file (unknown keys rejected) read into [`RawConfig`], overridden
+//! by command-line flags and `SCOPEGATE_*` variables ([`Overrides`]), then validated once
+//! into [`Config`], whose fields are typed (addresses, URLs, durations, names). Nothing
+//! after startup reads a raw string. Every default is written here, so a missing file
+//! means "run on the embedded defaults".
+//!
+//! This module reads files and the values it is given; it never opens sockets or stores.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+use serde::Deserialize;
+
+use crate::policy::MapName;
+use crate::route::PageLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, message: message.into() }
+}
+
+/// The file as written, with defaults for what it leaves out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub listen: String,
+    pub public_url: Option<String>,
+    pub upstream: String,
+    pub data_dir: PathBuf,
+    pub admin: RawAdmin,
+    pub token: RawToken,
+    pub limits: RawLimits,
+    pub log: RawLog,
+    pub anonymous: RawAnonymous,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub listen: String,
+    /// File holding the admin token; else `SCOPEGATE_ADMIN_TOKEN`; else generated once.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawToken {
+    pub service: String,
+    pub issuer: String,
+    pub lifetime_secs: u64,
+    pub refresh_lifetime_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub catalog_max_n: u32,
+    pub tags_max_n: u32,
+    pub manifest_max_bytes: u64,
+    pub upstream_connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub format: String,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAnonymous {
+    /// Scope map the anonymous caller is bound to; none by default.
+    pub scope_map: Option<String>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            listen: "127.0.0.1:5000".into(),
+            public_url: None,
+            upstream: "http://127.0.0.1:5001".into(),
+            data_dir: PathBuf::from("scopegate-data"),
+            admin: RawAdmin::default(),
+            token: RawToken::default(),
+            limits: RawLimits::default(),
+            log: RawLog::default(),
+            anonymous: RawAnonymous::default(),
+        }
+    }
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin { listen: "127.0.0.1:5002".into(), token_file: None }
+    }
+}
+
+impl Default for RawToken {
+    fn default() -> Self {
+        RawToken { service: "scopegate".into(), issuer: "scopegate".into(), lifetime_secs: 300, refresh_lifetime_secs: 90 * 24 * 3600 }
+    }
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits { catalog_max_n: 1000, tags_max_n: 1000, manifest_max_bytes: 4 * 1024 * 1024, upstream_connect_timeout_secs: 5 }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog { format: "text".into(), level: "info".into() }
+    }
+}
+
+/// Values from flags or `SCOPEGATE_*` variables; each beats the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub upstream: Option<String>,
+    pub admin_listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// An origin (`scheme://host[:port]`) with no path, query or credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl Origin {
+    fn parse(field: &'static str, s: &str) -> Result<Origin, ConfigError> {
+        let uri: Uri = s.parse().map_err(|e| invalid(field, format!("{s:?} is not a URL: {e}")))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| invalid(field, format!("{s:?} needs a scheme (http:// or https://)")))?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(invalid(field, format!("{s:?}: only http and https are supported")));
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| invalid(field, format!("{s:?} has no host")))?;
+        if authority.as_str().contains('@') {
+            return Err(invalid(field, format!("{s:?} must not hold credentials")));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(invalid(field, format!("{s:?} must be an origin without a path or query")));
+        }
+        Ok(Origin { scheme, authority })
+    }
+
+    /// `scheme://authority`, no trailing slash.
+    pub fn as_string(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub service: String,
+    pub issuer: String,
+    pub lifetime: Duration,
+    pub refresh_lifetime: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub page: PageLimits,
+    pub manifest_max_bytes: u64,
+    pub upstream_connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// The public origin clients use; `None` means "the address we end up listening on".
+    pub public_url: Option<Origin>,
+    pub upstream: Origin,
+    pub admin_listen: SocketAddr,
+    pub admin_token_file: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub token: TokenSettings,
+    pub limits: Limits,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub anonymous_scope_map: Option<MapName>,
+}
+
+impl RawConfig {
+    /// Reads a YAML file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<RawConfig, String> {
+        // an empty file is the defaults
+        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            return Ok(RawConfig::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn apply(mut self, o: &Overrides) -> RawConfig {
+        if let Some(v) = &o.listen {
+            self.listen = v.clone();
+        }
+        if let Some(v) = &o.public_url {
+            self.public_url = Some(v.clone());
+        }
+        if let Some(v) = &o.upstream {
+            self.upstream = v.clone();
+        }
+        if let Some(v) = &o.admin_listen {
+            self.admin.listen = v.clone();
+        }
+        if let Some(v) = &o.data_dir {
+            self.data_dir = v.clone();
+        }
+        self
+    }
+
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let addr = |field: &'static str, s: &str| -> Result<SocketAddr, ConfigError> {
+            s.parse().map_err(|_| invalid(field, format!("{s:?} is not an address like 127.0.0.1:5000")))
+        };
+        let upstream = Origin::parse("upstream", &self.upstream)?;
+        if upstream.scheme != Scheme::HTTP {
+            return Err(invalid("upstream", "only http:// upstreams are supported in this version"));
+        }
+        let t = &self.token;
+        if t.lifetime_secs < 60 || t.lifetime_secs > 24 * 3600 {
+            return Err(invalid("token.lifetime_secs", "must be between 60 and 86400 (clients refuse tokens shorter than 60 s)"));
+        }
+        if t.refresh_lifetime_secs < t.lifetime_secs {
+            return Err(invalid("token.refresh_lifetime_secs", "must be at least token.lifetime_secs"));
+        }
+        let printable = |v: &str| !v.is_empty() && v.bytes().all(|c| c.is_ascii_graphic() && c != b'"' && c != b'\\');
+        if !printable(&t.service) {
+            return Err(invalid("token.service", "must be non-empty printable ASCII without quotes or backslashes"));
+        }
+        if !printable(&t.issuer) {
+            return Err(invalid("token.issuer", "must be non-empty printable ASCII without quotes or backslashes"));
+        }
+        let l = &self.limits;
+        if l.catalog_max_n == 0 || l.catalog_max_n > 1000 {
+            return Err(invalid("limits.catalog_max_n", "must be between 1 and 1000 (the registry's own maximum)"));
+        }
+        if l.tags_max_n == 0 {
+            return Err(invalid("limits.tags_max_n", "must be at least 1"));
+        }
+        if l.manifest_max_bytes == 0 {
+            return Err(invalid("limits.manifest_max_bytes", "must be at least 1"));
+        }
+        let log_format = match self.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log.format", format!("{other:?}: expected text or json"))),
+        };
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| invalid("log.level", e.to_string()))?;
+        let anonymous_scope_map =
+            self.anonymous.scope_map.as_deref().map(MapName::parse).transpose().map_err(|e| invalid("anonymous.scope_map", e))?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        Ok(Config {
+            listen: addr("listen", &self.listen)?,
+            public_url: self.public_url.as_deref().map(|s| Origin::parse("public_url", s)).transpose()?,
+            upstream,
+            admin_listen: addr("admin.listen", &self.admin.listen)?,
+            admin_token_file: self.admin.token_file,
+            data_dir: self.data_dir,
+            token: TokenSettings {
+                service: t.service.clone(),
+                issuer: t.issuer.clone(),
+                lifetime: Duration::from_secs(t.lifetime_secs),
+                refresh_lifetime: Duration::from_secs(t.refresh_lifetime_secs),
+            },
+            limits: Limits {
+                page: PageLimits { catalog_max_n: l.catalog_max_n, tags_max_n: l.tags_max_n },
+                manifest_max_bytes: l.manifest_max_bytes,
+                upstream_connect_timeout: Duration::from_secs(l.upstream_connect_timeout_secs.max(1)),
+            },
+            log_format,
+            log_level: self.log.level,
+            anonymous_scope_map,
+        })
+    }
+}
+
+impl Config {
+    /// Reads the file (if any), applies overrides, validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let raw = match path {
+            Some(p) => RawConfig::from_file(p)?,
+            None => RawConfig::default(),
+        };
+        raw.apply(overrides).validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_configs_parse_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for f in ["scopegate.yaml", "minimal.yaml"] {
+            let c = Config::load(Some(&dir.join(f)), &Overrides::default()).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert_eq!(c.upstream.as_string(), "http://127.0.0.1:5001", "{f}");
+        }
+    }
+
+    #[test]
+    fn embedded_defaults_validate() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert!(c.public_url.is_none());
+        assert_eq!(c.token.lifetime, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(RawConfig::from_yaml("listen: 127.0.0.1:1\nlisten_typo: x\n").unwrap_err().contains("listen_typo"));
+        assert!(RawConfig::from_yaml("token:\n  lifetime: 3\n").is_err());
+        let bad = [
+            "upstream: ftp://x\n",
+            "upstream: http://u:p@x\n",
+            "upstream: http://x/path\n",
+            "public_url: registry.example.com\n",
+            "listen: localhost\n",
+            "token:\n  lifetime_secs: 10\n",
+            "limits:\n  catalog_max_n: 5000\n",
+            "log:\n  format: xml\n",
+            "anonymous:\n  scope_map: 'bad name'\n",
+        ];
+        for y in bad {
+            let raw = RawConfig::from_yaml(y).unwrap();
+            assert!(raw.validate().is_err(), "{y}");
+        }
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let raw = RawConfig::from_yaml("listen: 127.0.0.1:7000\n").unwrap();
+        let o = Overrides { listen: Some("127.0.0.1:7001".into()), ..Overrides::default() };
+        assert_eq!(raw.apply(&o).validate().unwrap().listen.to_string(), "127.0.0.1:7001");
+    }
+}

@@ -1,0 +1,130 @@
+//! Forwarding: sends an authorized request to the registry over a pooled keep-alive
+//! connection and streams the answer back. Bodies stream in both directions without
+//! buffering (a manifest PUT is only capped at the configured size); the path and query
+//! are rebuilt from the parsed route; redirects are passed to the client, never followed.
+//! Upstream failures become 502 (bad answer or broken stream), 503 (unreachable) or 504
+//! (timed out), in the Docker error shape.
+//!
+//! `forward` demands a [`Grant`]: only the policy makes one, so nothing reaches the
+//! registry without a decision. This module knows nothing about credentials.
+
+mod catalog;
+pub mod headers;
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Limited;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::{stream, Body, BoxError};
+use crate::config::{Config, Limits};
+use crate::policy::Grant;
+use crate::reject::{Code, Rejection};
+use crate::route::{Endpoint, Route};
+
+/// The registry behind the gateway.
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    /// `http://host:port` of the registry.
+    origin: String,
+    /// `scheme://host[:port]` clients use.
+    public_origin: String,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("origin", &self.origin).finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    pub fn new(config: &Config, public_origin: String) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Upstream { client, origin: config.upstream.as_string(), public_origin, limits: config.limits }
+    }
+
+    pub fn public_origin(&self) -> &str {
+        &self.public_origin
+    }
+
+    /// Sends a request we built to the registry, mapping transport failures.
+    async fn send(&self, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, Rejection> {
+        self.client.request(req).await.map_err(|e| transport_failure(&e))
+    }
+
+    /// Forwards an authorized request and returns the registry's answer, streaming.
+    pub async fn forward<B>(&self, req: Request<B>, route: &Route, grant: &Grant) -> Result<Response<Body>, Rejection>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if let (Endpoint::Catalog { page }, Some(view)) = (&route.endpoint, grant.catalog()) {
+            return catalog::list(self, view, page).await;
+        }
+        let (mut parts, body) = req.into_parts();
+        let is_manifest_put = matches!(route.endpoint, Endpoint::Manifest { .. }) && parts.method == http::Method::PUT;
+        let body = if is_manifest_put {
+            let max = self.limits.manifest_max_bytes;
+            let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return Err(Rejection::too_large(Code::ManifestInvalid, format!("manifest exceeds the {max}-byte limit")));
+            }
+            stream(Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)))
+        } else {
+            stream(body)
+        };
+        headers::to_upstream(&mut parts.headers);
+        parts.uri = format!("{}{}", self.origin, route.upstream_target(grant.mount_allowed()))
+            .parse()
+            .map_err(|e| Rejection::internal(format!("cannot build the upstream URI: {e}")))?;
+        parts.version = http::Version::HTTP_11;
+        let resp = self.send(Request::from_parts(parts, body)).await?;
+        let (mut parts, body) = resp.into_parts();
+        headers::to_client(&mut parts.headers, &self.origin, &self.public_origin);
+        Ok(Response::from_parts(parts, stream(body)))
+    }
+}
+
+/// Why the registry could not be used, as the client should hear it.
+fn transport_failure(e: &hyper_util::client::legacy::Error) -> Rejection {
+    if e.is_connect() {
+        let mut timed_out = false;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = e.source();
+        while let Some(c) = cause {
+            timed_out |= c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+            cause = c.source();
+        }
+        return if timed_out {
+            Rejection::gateway_timeout("the registry did not accept a connection in time")
+        } else {
+            Rejection::upstream_unavailable("the registry is unreachable")
+        };
+    }
+    Rejection::bad_gateway("the registry connection failed")
+}
+
+/// `Docker-Distribution-API-Version: registry/2.0`, on every `/v2` response.
+pub fn api_version_header() -> (header::HeaderName, HeaderValue) {
+    (header::HeaderName::from_static("docker-distribution-api-version"), HeaderValue::from_static("registry/2.0"))
+}
+
+/// A plain `200 {}` as the registry answers `/v2/`.
+pub fn base_ok() -> Response<Body> {
+    let mut r = Response::new(crate::body::full("{}"));
+    *r.status_mut() = StatusCode::OK;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}

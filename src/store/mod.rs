@@ -1,0 +1,64 @@
+//! Persistent state: scope maps, tokens (password digests only), signing keys and a few
+//! settings, behind the [`Store`] trait. The policy snapshot is built from what `load`
+//! returns; every write bumps an epoch, so a reader can tell that something changed.
+//!
+//! The store keeps records and enforces integrity (a map in use cannot be deleted, names
+//! are unique); it never decides access and never sees a secret value. Calls are blocking;
+//! async callers run them on the blocking pool.
+
+pub mod sqlite;
+
+use time::OffsetDateTime;
+
+use crate::policy::{MapName, ScopeMap, Token, TokenName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0}")]
+    InUse(String),
+    /// A write its caller refused after reading the current records (a bad request).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store failure: {0}")]
+    Backend(String),
+}
+
+/// Everything the policy is built from.
+#[derive(Debug, Default)]
+pub struct PolicyRecords {
+    pub epoch: u64,
+    pub maps: Vec<ScopeMap>,
+    pub tokens: Vec<Token>,
+}
+
+/// A stored signing key (PKCS#8, private).
+pub struct KeyRecord {
+    pub pkcs8: Vec<u8>,
+    pub created: OffsetDateTime,
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn load(&self) -> Result<PolicyRecords, StoreError>;
+    fn epoch(&self) -> Result<u64, StoreError>;
+
+    fn create_scope_map(&self, map: &ScopeMap) -> Result<(), StoreError>;
+    fn update_scope_map(&self, map: &ScopeMap) -> Result<(), StoreError>;
+    /// Refused with `InUse` while a token uses the map.
+    fn delete_scope_map(&self, name: &MapName) -> Result<(), StoreError>;
+
+    /// Creates a token, and with it its own scope map when one is given (as ACR does for
+    /// `token create --repository`), in one transaction.
+    fn create_token(&self, token: &Token, own_map: Option<&ScopeMap>) -> Result<(), StoreError>;
+    fn update_token(&self, token: &Token) -> Result<(), StoreError>;
+    fn delete_token(&self, name: &TokenName) -> Result<(), StoreError>;
+
+    fn signing_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    fn add_signing_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn set_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+}

@@ -1,0 +1,404 @@
+//! The embedded store: one SQLite file in the data directory (WAL mode, created 0600),
+//! with versioned migrations applied on open. Each write is one transaction that also
+//! bumps the epoch.
+//!
+//! Only this file speaks SQL for SQLite; it maps rows to policy types and back.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use time::OffsetDateTime;
+
+use super::{KeyRecord, PolicyRecords, Store, StoreError};
+use crate::access::{Action, ActionSet};
+use crate::policy::{MapName, Password, RepoPattern, ScopeMap, Slot, Status, Token, TokenName};
+
+/// Migrations in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE scope_maps (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE scope_map_rules (
+    map TEXT NOT NULL REFERENCES scope_maps(name) ON DELETE CASCADE,
+    pattern TEXT NOT NULL,
+    actions TEXT NOT NULL,
+    PRIMARY KEY (map, pattern)
+);
+CREATE TABLE tokens (
+    name TEXT PRIMARY KEY,
+    scope_map TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('enabled', 'disabled')),
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE token_passwords (
+    token TEXT NOT NULL REFERENCES tokens(name) ON DELETE CASCADE,
+    slot TEXT NOT NULL CHECK (slot IN ('password1', 'password2')),
+    id TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    PRIMARY KEY (token, slot)
+);
+CREATE TABLE signing_keys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pkcs8 BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+INSERT INTO settings (key, value) VALUES ('epoch', CAST(0 AS BLOB));
+"#];
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn ts(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+fn from_ts(s: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(s).map_err(backend)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<dir>/scopegate.db` and migrates it.
+    pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| backend(format!("cannot create data directory {}: {e}", dir.display())))?;
+        let path = dir.join("scopegate.db");
+        let fresh = !path.exists();
+        let conn = Connection::open(&path).map_err(|e| backend(format!("cannot open {}: {e}", path.display())))?;
+        if fresh {
+            restrict_permissions(&path)?;
+        }
+        Self::init(conn)
+    }
+
+    /// An in-memory store (tests).
+    pub fn in_memory() -> Result<SqliteStore, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn init(mut conn: Connection) -> Result<SqliteStore, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
+        if version > MIGRATIONS.len() {
+            return Err(backend(format!("database schema version {version} is newer than this scopegate ({})", MIGRATIONS.len())));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction().map_err(backend)?;
+            tx.execute_batch(sql).map_err(backend)?;
+            tx.pragma_update(None, "user_version", i + 1).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+        }
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn with_tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| backend("store lock poisoned"))?;
+        let tx = conn.transaction().map_err(backend)?;
+        let out = f(&tx)?;
+        tx.execute("UPDATE settings SET value = CAST(CAST(value AS INTEGER) + 1 AS BLOB) WHERE key = 'epoch'", []).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(out)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.conn.lock().map_err(|_| backend("store lock poisoned"))?;
+        f(&conn)
+    }
+}
+
+#[cfg(unix)]
+fn restrict_permissions(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(backend)
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+fn actions_text(a: ActionSet) -> String {
+    a.iter().map(Action::as_str).collect::<Vec<_>>().join(" ")
+}
+
+fn actions_parse(s: &str) -> Result<ActionSet, StoreError> {
+    s.split(' ').filter(|x| !x.is_empty()).map(|x| Action::parse(x).ok_or_else(|| backend(format!("bad action {x:?} in store")))).collect()
+}
+
+fn write_rules(tx: &Transaction<'_>, map: &ScopeMap) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM scope_map_rules WHERE map = ?1", [map.name.as_str()]).map_err(backend)?;
+    for (p, a) in map.rules() {
+        tx.execute("INSERT INTO scope_map_rules (map, pattern, actions) VALUES (?1, ?2, ?3)", params![map.name.as_str(), p.to_string(), actions_text(*a)])
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn insert_map(tx: &Transaction<'_>, map: &ScopeMap) -> Result<(), StoreError> {
+    let n = tx
+        .execute(
+            "INSERT INTO scope_maps (name, description, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+            params![map.name.as_str(), map.description, ts(map.created)],
+        )
+        .map_err(backend)?;
+    if n == 0 {
+        return Err(StoreError::Conflict(format!("scope map {}", map.name)));
+    }
+    write_rules(tx, map)
+}
+
+fn write_passwords(tx: &Transaction<'_>, t: &Token) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM token_passwords WHERE token = ?1", [t.name.as_str()]).map_err(backend)?;
+    for (slot, p) in t.passwords() {
+        tx.execute(
+            "INSERT INTO token_passwords (token, slot, id, digest, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![t.name.as_str(), slot.as_str(), p.id, &p.digest[..], ts(p.created), p.expiry.map(ts)],
+        )
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn load(&self) -> Result<PolicyRecords, StoreError> {
+        self.read(|c| {
+            let epoch = read_epoch(c)?;
+            let mut rules: BTreeMap<String, BTreeMap<RepoPattern, ActionSet>> = BTreeMap::new();
+            let mut st = c.prepare("SELECT map, pattern, actions FROM scope_map_rules").map_err(backend)?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))).map_err(backend)?;
+            for row in rows {
+                let (map, pattern, actions) = row.map_err(backend)?;
+                let p = RepoPattern::parse(&pattern).map_err(backend)?;
+                rules.entry(map).or_default().insert(p, actions_parse(&actions)?);
+            }
+            let mut maps = Vec::new();
+            let mut st = c.prepare("SELECT name, description, created_at FROM scope_maps").map_err(backend)?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))).map_err(backend)?;
+            for row in rows {
+                let (name, description, created) = row.map_err(backend)?;
+                let r = rules.remove(&name).unwrap_or_default();
+                maps.push(ScopeMap::new(MapName::parse(&name).map_err(backend)?, description, from_ts(created)?, r));
+            }
+            let mut passwords: BTreeMap<String, Vec<(Slot, Password)>> = BTreeMap::new();
+            let mut st = c.prepare("SELECT token, slot, id, digest, created_at, expires_at FROM token_passwords").map_err(backend)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                    ))
+                })
+                .map_err(backend)?;
+            for row in rows {
+                let (token, slot, id, digest, created, expires) = row.map_err(backend)?;
+                let slot = Slot::parse(&slot).ok_or_else(|| backend("bad slot in store"))?;
+                let digest: [u8; 32] = digest.try_into().map_err(|_| backend("bad digest length in store"))?;
+                let expiry = expires.map(from_ts).transpose()?;
+                passwords.entry(token).or_default().push((slot, Password { id, digest, created: from_ts(created)?, expiry }));
+            }
+            let mut tokens = Vec::new();
+            let mut st = c.prepare("SELECT name, scope_map, status, created_at FROM tokens").map_err(backend)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?)))
+                .map_err(backend)?;
+            for row in rows {
+                let (name, map, status, created) = row.map_err(backend)?;
+                let mut t = Token::new(
+                    TokenName::parse(&name).map_err(backend)?,
+                    MapName::parse(&map).map_err(backend)?,
+                    Status::parse(&status).map_err(backend)?,
+                    from_ts(created)?,
+                );
+                for (slot, p) in passwords.remove(&name).unwrap_or_default() {
+                    t.set_password(slot, Some(p));
+                }
+                tokens.push(t);
+            }
+            Ok(PolicyRecords { epoch, maps, tokens })
+        })
+    }
+
+    fn epoch(&self) -> Result<u64, StoreError> {
+        self.read(read_epoch)
+    }
+
+    fn create_scope_map(&self, map: &ScopeMap) -> Result<(), StoreError> {
+        self.with_tx(|tx| insert_map(tx, map))
+    }
+
+    fn update_scope_map(&self, map: &ScopeMap) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let n = tx
+                .execute("UPDATE scope_maps SET description = ?2 WHERE name = ?1", params![map.name.as_str(), map.description])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("scope map {}", map.name)));
+            }
+            write_rules(tx, map)
+        })
+    }
+
+    fn delete_scope_map(&self, name: &MapName) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let users: Vec<String> = {
+                let mut st = tx.prepare("SELECT name FROM tokens WHERE scope_map = ?1 ORDER BY name LIMIT 5").map_err(backend)?;
+                let rows = st.query_map([name.as_str()], |r| r.get(0)).map_err(backend)?;
+                rows.collect::<Result<_, _>>().map_err(backend)?
+            };
+            if !users.is_empty() {
+                return Err(StoreError::InUse(format!("scope map {name} is used by token(s) {}; assign them another map first", users.join(", "))));
+            }
+            let n = tx.execute("DELETE FROM scope_maps WHERE name = ?1", [name.as_str()]).map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("scope map {name}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn create_token(&self, token: &Token, own_map: Option<&ScopeMap>) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            if let Some(m) = own_map {
+                insert_map(tx, m)?;
+            }
+            let n = tx
+                .execute(
+                    "INSERT INTO tokens (name, scope_map, status, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING",
+                    params![token.name.as_str(), token.scope_map.as_str(), token.status.as_str(), ts(token.created)],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("token {}", token.name)));
+            }
+            write_passwords(tx, token)
+        })
+    }
+
+    fn update_token(&self, token: &Token) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE tokens SET scope_map = ?2, status = ?3 WHERE name = ?1",
+                    params![token.name.as_str(), token.scope_map.as_str(), token.status.as_str()],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("token {}", token.name)));
+            }
+            write_passwords(tx, token)
+        })
+    }
+
+    fn delete_token(&self, name: &TokenName) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let n = tx.execute("DELETE FROM tokens WHERE name = ?1", [name.as_str()]).map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("token {name}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn signing_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT pkcs8, created_at FROM signing_keys ORDER BY id").map_err(backend)?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))).map_err(backend)?;
+            rows.map(|r| {
+                let (pkcs8, created) = r.map_err(backend)?;
+                Ok(KeyRecord { pkcs8, created: from_ts(created)? })
+            })
+            .collect()
+        })
+    }
+
+    fn add_signing_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            tx.execute("INSERT INTO signing_keys (pkcs8, created_at) VALUES (?1, ?2)", params![key.pkcs8, ts(key.created)]).map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|c| c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(backend))
+    }
+
+    fn set_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            tx.execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2", params![key, value])
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+}
+
+fn read_epoch(c: &Connection) -> Result<u64, StoreError> {
+    let v: i64 = c.query_row("SELECT CAST(value AS INTEGER) FROM settings WHERE key = 'epoch'", [], |r| r.get(0)).map_err(backend)?;
+    u64::try_from(v).map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::RepoName;
+
+    fn map(name: &str) -> ScopeMap {
+        let mut m = ScopeMap::new(MapName::parse(name).unwrap(), "d".into(), OffsetDateTime::UNIX_EPOCH, BTreeMap::new());
+        m.add(RepoPattern::parse("samples/*").unwrap(), ActionSet::of(&[Action::ContentRead, Action::MetadataRead]));
+        m
+    }
+
+    #[test]
+    fn records_survive_a_reopen_and_bump_the_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            assert_eq!(s.epoch().unwrap(), 0);
+            s.create_scope_map(&map("m1")).unwrap();
+            let mut t = Token::new(TokenName::parse("t1").unwrap(), MapName::parse("m1").unwrap(), Status::Enabled, OffsetDateTime::UNIX_EPOCH);
+            t.set_password(Slot::Password2, Some(Password { id: "x".into(), digest: [7; 32], created: OffsetDateTime::UNIX_EPOCH, expiry: Some(OffsetDateTime::UNIX_EPOCH) }));
+            s.create_token(&t, None).unwrap();
+            assert_eq!(s.epoch().unwrap(), 2);
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let r = s.load().unwrap();
+        assert_eq!(r.epoch, 2);
+        assert_eq!(r.maps.len(), 1);
+        assert_eq!(r.maps[0].holds(&RepoName::parse("samples/x").unwrap()), ActionSet::of(&[Action::ContentRead, Action::MetadataRead]));
+        let t = &r.tokens[0];
+        assert!(t.password(Slot::Password1).is_none());
+        assert_eq!(t.password(Slot::Password2).unwrap().digest, [7; 32]);
+    }
+
+    #[test]
+    fn integrity_rules_are_enforced() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create_scope_map(&map("m1")).unwrap();
+        assert!(matches!(s.create_scope_map(&map("m1")), Err(StoreError::Conflict(_))));
+        let t = Token::new(TokenName::parse("t1").unwrap(), MapName::parse("m1").unwrap(), Status::Enabled, OffsetDateTime::UNIX_EPOCH);
+        s.create_token(&t, None).unwrap();
+        assert!(matches!(s.delete_scope_map(&MapName::parse("m1").unwrap()), Err(StoreError::InUse(m)) if m.contains("t1")));
+        // a failed transaction changes nothing (the token's own map is not left behind)
+        assert!(matches!(s.create_token(&t, Some(&map("t1-scope-map"))), Err(StoreError::Conflict(_))));
+        assert_eq!(s.load().unwrap().maps.len(), 1);
+        s.delete_token(&t.name).unwrap();
+        s.delete_scope_map(&MapName::parse("m1").unwrap()).unwrap();
+        assert!(matches!(s.delete_token(&t.name), Err(StoreError::NotFound(_))));
+    }
+}
