@@ -1,0 +1,445 @@
+//! Integration tests: the whole gateway in-process on port 0 in front of a recording fake
+//! registry. Each test is named after the case it guards.
+
+mod support;
+
+use http::StatusCode;
+use serde_json::json;
+use support::{basic, Harness, DIGEST};
+
+const HELLO: &str = "samples/hello-world";
+
+#[tokio::test]
+async fn unauthenticated_base_gets_one_bearer_challenge() {
+    let h = Harness::start().await;
+    let r = h.v2("GET", "/v2/", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers.get_all("www-authenticate").iter().count(), 1);
+    assert_eq!(r.header("www-authenticate"), format!("Bearer realm=\"{}/token\",service=\"scopegate\"", h.public()));
+    assert_eq!(r.header("docker-distribution-api-version"), "registry/2.0");
+    assert_eq!(r.json()["errors"][0]["code"], "UNAUTHORIZED");
+    assert!(h.upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn challenge_names_the_scope_a_request_needs() {
+    let h = Harness::start().await;
+    let r = h.v2("PUT", &format!("/v2/{HELLO}/manifests/v1"), &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("www-authenticate").ends_with(",scope=\"repository:samples/hello-world:push\""), "{}", r.header("www-authenticate"));
+    assert_eq!(r.json()["errors"][0]["detail"][0]["Action"], "push");
+}
+
+#[tokio::test]
+async fn basic_credentials_work_directly_on_v2_and_403_when_not_granted() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    let auth = basic("ci", &pw);
+    let r = h.v2("GET", "/v2/", &[("authorization", &auth)]).await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "{}"));
+    let r = h.v2("GET", &format!("/v2/{HELLO}/manifests/v1"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "ok");
+    let r = h.v2("PUT", &format!("/v2/{HELLO}/manifests/v1"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["errors"][0]["code"], "DENIED");
+    assert!(r.headers.get("www-authenticate").is_none());
+    let seen = h.upstream.seen();
+    assert_eq!(seen.len(), 1, "only the granted GET reached the registry: {seen:?}");
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_get_the_same_answer() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    let wrong = h.v2("GET", "/token?service=scopegate", &[("authorization", &basic("ci", "sgp_wrong"))]).await;
+    let unknown = h.v2("GET", "/token?service=scopegate", &[("authorization", &basic("nobody", &pw))]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!((wrong.status, wrong.body.clone()), (unknown.status, unknown.body.clone()));
+    let on_v2_wrong = h.v2("GET", "/v2/", &[("authorization", &basic("ci", "sgp_wrong"))]).await;
+    let on_v2_unknown = h.v2("GET", "/v2/", &[("authorization", &basic("nobody", &pw))]).await;
+    assert_eq!(on_v2_wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(on_v2_wrong.body, on_v2_unknown.body);
+    assert_eq!(on_v2_wrong.header("www-authenticate"), on_v2_unknown.header("www-authenticate"));
+}
+
+#[tokio::test]
+async fn token_endpoint_unions_scopes_and_answers_in_the_docker_shape() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read", "content/write", "metadata/read"]), ("other", &["content/read"])]).await;
+    let q = "/token?service=scopegate&scope=repository:samples/hello-world:push&scope=repository:samples/hello-world:pull%20repository:other:pull,push%20registry:catalog:*&account=ci&client_id=docker";
+    let r = h.v2("GET", q, &[("authorization", &basic("ci", &pw))]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["token"], v["access_token"]);
+    assert!(v["expires_in"].is_u64());
+    assert!(time::OffsetDateTime::parse(v["issued_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).is_ok());
+    assert!(v.get("refresh_token").is_none());
+    let token = v["token"].as_str().unwrap();
+    let auth = format!("Bearer {token}");
+    // push and pull both granted on hello-world (union of two scope entries), pull only on other
+    assert_eq!(h.v2("PUT", &format!("/v2/{HELLO}/manifests/v1"), &[("authorization", &auth)]).await.status, StatusCode::OK);
+    assert_eq!(h.v2("GET", &format!("/v2/{HELLO}/tags/list"), &[("authorization", &auth)]).await.status, StatusCode::OK);
+    assert_eq!(h.v2("GET", "/v2/other/manifests/v1", &[("authorization", &auth)]).await.status, StatusCode::OK);
+    let r = h.v2("PUT", "/v2/other/manifests/v1", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("www-authenticate").contains("error=\"insufficient_scope\""));
+    assert!(r.header("www-authenticate").contains("scope=\"repository:other:push\""));
+}
+
+#[tokio::test]
+async fn token_endpoint_post_form_and_refresh_tokens() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    let form = format!(
+        "grant_type=password&username=ci&password={}&service=scopegate&client_id=containerd-client&access_type=offline&scope=repository%3Asamples%2Fhello-world%3Apull%2Cpush",
+        pw
+    );
+    let r = h
+        .request("POST", &format!("{}/token", h.public()), &[("content-type", "application/x-www-form-urlencoded; charset=utf-8")], form.as_bytes())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["scope"], "repository:samples/hello-world:pull");
+    let refresh = v["refresh_token"].as_str().unwrap().to_owned();
+    // the refresh token is reusable and returned unchanged
+    for _ in 0..2 {
+        let form = format!("grant_type=refresh_token&refresh_token={refresh}&service=scopegate&scope=repository%3Asamples%2Fhello-world%3Apull&access_type=offline");
+        let r = h.request("POST", &format!("{}/token", h.public()), &[("content-type", "application/x-www-form-urlencoded")], form.as_bytes()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.json()["refresh_token"], refresh.as_str());
+    }
+    // a refresh token is not a session token
+    let r = h.v2("GET", "/v2/", &[("authorization", &format!("Bearer {refresh}"))]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // regenerating password1 kills the refresh token earned with it
+    let r = h.admin("POST", "/api/v1/tokens/ci/credentials", Some(json!({"password1": true}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let form = format!("grant_type=refresh_token&refresh_token={refresh}&service=scopegate");
+    let r = h.request("POST", &format!("{}/token", h.public()), &[("content-type", "application/x-www-form-urlencoded")], form.as_bytes()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn docker_login_gets_a_refresh_token_with_offline_token() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    let r = h
+        .v2("GET", "/token?account=ci&client_id=docker&offline_token=true&service=scopegate", &[("authorization", &basic("ci", &pw))])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.json()["refresh_token"].is_string());
+}
+
+#[tokio::test]
+async fn wrong_credentials_never_get_an_anonymous_token() {
+    let h = Harness::start().await;
+    let r = h.v2("GET", "/token?service=scopegate&scope=repository:samples/hello-world:pull", &[("authorization", &basic("x", "y"))]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.json().get("token").is_none());
+    let r = h.v2("GET", "/token?service=other", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = h.v2("GET", "/token?scope=repository", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn disabling_a_token_bites_on_the_next_request_even_with_a_bearer_token() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    let tok = h.session("ci", &pw, &["repository:samples/hello-world:pull"]).await;
+    let auth = format!("Bearer {tok}");
+    let target = format!("/v2/{HELLO}/manifests/v1");
+    assert_eq!(h.v2("HEAD", &target, &[("authorization", &auth)]).await.status, StatusCode::OK);
+    assert_eq!(h.admin("PATCH", "/api/v1/tokens/ci", Some(json!({"status": "disabled"}))).await.status, StatusCode::OK);
+    let r = h.v2("HEAD", &target, &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("www-authenticate").contains("error=\"invalid_token\""));
+    let r = h.v2("GET", "/v2/", &[("authorization", &basic("ci", &pw))]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.text().contains("token ci is disabled"));
+    assert_eq!(h.admin("PATCH", "/api/v1/tokens/ci", Some(json!({"status": "enabled"}))).await.status, StatusCode::OK);
+    assert_eq!(h.v2("HEAD", &target, &[("authorization", &auth)]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn editing_a_scope_map_bites_on_the_next_request_even_with_a_bearer_token() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read", "content/write"])]).await;
+    let tok = h.session("ci", &pw, &["repository:samples/hello-world:pull,push"]).await;
+    let auth = format!("Bearer {tok}");
+    let target = format!("/v2/{HELLO}/manifests/v1");
+    assert_eq!(h.v2("PUT", &target, &[("authorization", &auth)]).await.status, StatusCode::OK);
+    let r = h
+        .admin("PATCH", "/api/v1/scope-maps/ci-map", Some(json!({"removeRepositories": [{"repository": HELLO, "actions": ["content/write"]}]})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    h.upstream.clear();
+    let r = h.v2("PUT", &target, &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(h.upstream.seen().is_empty());
+    // what the map still grants keeps working
+    assert_eq!(h.v2("GET", &target, &[("authorization", &auth)]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn deleting_a_token_or_regenerating_its_password_kills_its_sessions() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    let tok = h.session("ci", &pw, &["repository:samples/hello-world:pull"]).await;
+    let auth = format!("Bearer {tok}");
+    let target = format!("/v2/{HELLO}/manifests/v1");
+    let r = h.admin("POST", "/api/v1/tokens/ci/credentials", Some(json!({"password2": true}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(h.v2("GET", &target, &[("authorization", &auth)]).await.status, StatusCode::OK, "password1 sessions survive a password2 change");
+    let r = h.admin("POST", "/api/v1/tokens/ci/credentials", Some(json!({"password1": true}))).await;
+    let fresh = r.json()["passwords"][0]["value"].as_str().unwrap().to_owned();
+    assert_eq!(h.v2("GET", &target, &[("authorization", &auth)]).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.v2("GET", "/v2/", &[("authorization", &basic("ci", &pw))]).await.status, StatusCode::UNAUTHORIZED);
+    let tok = h.session("ci", &fresh, &["repository:samples/hello-world:pull"]).await;
+    assert_eq!(h.admin("DELETE", "/api/v1/tokens/ci", None).await.status, StatusCode::OK);
+    assert_eq!(h.v2("GET", &target, &[("authorization", &format!("Bearer {tok}"))]).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn forwarded_requests_carry_no_client_credentials_or_forwarding_headers() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    let auth = basic("ci", &pw);
+    let r = h
+        .v2(
+            "GET",
+            &format!("/v2/{HELLO}/manifests/v1?ns=docker.io"),
+            &[
+                ("authorization", &auth),
+                ("forwarded", "host=evil.example;proto=https"),
+                ("x-forwarded-host", "evil.example"),
+                ("x-forwarded-proto", "https"),
+                ("cookie", "a=b"),
+                ("accept", "application/vnd.oci.image.manifest.v1+json"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = h.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.target, format!("/v2/{HELLO}/manifests/v1"));
+    for gone in ["authorization", "forwarded", "x-forwarded-host", "x-forwarded-proto", "cookie"] {
+        assert!(s.headers.get(gone).is_none(), "{gone} reached the registry");
+    }
+    assert_eq!(s.headers["host"], h.upstream.addr.to_string());
+    assert_eq!(s.headers["accept"], "application/vnd.oci.image.manifest.v1+json");
+}
+
+#[tokio::test]
+async fn upload_location_is_rewritten_to_the_public_origin() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read", "content/write"])]).await;
+    let r = h.v2("POST", &format!("/v2/{HELLO}/blobs/uploads/"), &[("authorization", &basic("ci", &pw))]).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.header("location"), format!("{}/v2/{HELLO}/blobs/uploads/f00d-1?_state=abc", h.public()));
+    // the rewritten location works through the gateway with _state forwarded
+    let r = h.v2("PATCH", &format!("/v2/{HELLO}/blobs/uploads/f00d-1?_state=abc"), &[("authorization", &basic("ci", &pw))]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(h.upstream.seen().last().unwrap().target, format!("/v2/{HELLO}/blobs/uploads/f00d-1?_state=abc"));
+}
+
+#[tokio::test]
+async fn cross_repository_mount_from_an_unreadable_repository_is_stripped() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[("mine", &["content/read", "content/write"]), ("pub/base", &["content/read"])]).await;
+    let auth = basic("ci", &pw);
+    let r = h.v2("POST", &format!("/v2/mine/blobs/uploads/?mount={DIGEST}&from=victim/secret"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(h.upstream.seen().last().unwrap().target, "/v2/mine/blobs/uploads/");
+    let r = h.v2("POST", &format!("/v2/mine/blobs/uploads/?mount={DIGEST}&from=pub/base"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let t = h.upstream.seen().last().unwrap().target.clone();
+    assert!(t.contains("mount=sha256") && t.contains("from=pub%2Fbase"), "{t}");
+}
+
+#[tokio::test]
+async fn form_body_cannot_smuggle_a_mount_source() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[("mine", &["content/read", "content/write"])]).await;
+    let r = h
+        .request(
+            "POST",
+            &format!("{}/v2/mine/blobs/uploads/?mount={DIGEST}&from=mine", h.public()),
+            &[("authorization", &basic("ci", &pw)), ("content-type", "application/x-www-form-urlencoded")],
+            b"from=victim%2Fsecret",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(h.upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn catalog_is_filtered_and_link_never_names_a_hidden_repository() {
+    let h = Harness::start().await;
+    *h.upstream.repos.lock().unwrap() = (0..30).map(|i| format!("r{i:02}")).chain(["team/a", "team/b", "zz/hidden"].map(String::from)).collect();
+    let pw = h.token("ci", &[("team/*", &["metadata/read"]), ("r05", &["metadata/read"]), ("r20", &["content/read"])]).await;
+    let auth = basic("ci", &pw);
+    let r = h.v2("GET", "/v2/_catalog?n=2", &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["repositories"], json!(["r05", "team/a"]));
+    assert_eq!(r.header("link"), "</v2/_catalog?last=team%2Fa&n=2>; rel=\"next\"");
+    let r = h.v2("GET", "/v2/_catalog?last=team%2Fa&n=2", &[("authorization", &auth)]).await;
+    assert_eq!(r.json()["repositories"], json!(["team/b"]));
+    assert_eq!(r.header("link"), "");
+    // a session token needs registry:catalog:*, and is then filtered the same way
+    let tok = h.session("ci", &pw, &[]).await;
+    let r = h.v2("GET", "/v2/_catalog", &[("authorization", &format!("Bearer {tok}"))]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("www-authenticate").contains("scope=\"registry:catalog:*\""));
+    let tok = h.session("ci", &pw, &["registry:catalog:*"]).await;
+    let r = h.v2("GET", "/v2/_catalog", &[("authorization", &format!("Bearer {tok}"))]).await;
+    assert_eq!(r.json()["repositories"], json!(["r05", "team/a", "team/b"]));
+    // the upstream was paged with a clamped n, never the client's
+    assert!(h.upstream.seen().iter().all(|s| s.target.starts_with("/v2/_catalog?n=1000")));
+}
+
+#[tokio::test]
+async fn tag_listing_n_is_clamped() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["metadata/read"])]).await;
+    let r = h.v2("GET", &format!("/v2/{HELLO}/tags/list?n=99999999"), &[("authorization", &basic("ci", &pw))]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(h.upstream.seen()[0].target, format!("/v2/{HELLO}/tags/list?n=1000"));
+}
+
+#[tokio::test]
+async fn oversized_manifest_is_refused_before_the_registry() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/write"])]).await;
+    let big = vec![b'x'; 4 * 1024 * 1024 + 1];
+    let r = h
+        .request("PUT", &format!("{}/v2/{HELLO}/manifests/v1", h.public()), &[("authorization", &basic("ci", &pw)), ("content-type", "application/vnd.oci.image.manifest.v1+json")], &big)
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(h.upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn hostile_requests_never_reach_the_registry() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[("*", &["content/read", "content/write", "content/delete", "metadata/read", "metadata/write"])]).await;
+    let auth = basic("ci", &pw);
+    let cases: &[(&str, &str, u16)] = &[
+        ("GET", "/v2/team%2Fsecret/manifests/latest", 400),
+        ("GET", "/v2/a/%2e%2e/b/manifests/latest", 400),
+        ("GET", "/v2/foo/../bar/tags/list", 400),
+        ("GET", "/v2/a//b/manifests/latest", 400),
+        ("GET", "/v2/a/tags/list/", 404),
+        ("GET", "/v2/Foo/manifests/latest", 400),
+        ("DELETE", "/v2/x/manifests/sha256:ZZ", 400),
+        ("POST", "/v2/a/blobs/uploads/0f3e?_state=x", 405),
+        ("OPTIONS", "/v2/a/manifests/latest", 405),
+        ("TRACE", "/v2/", 405),
+        ("GET", "/v2/a/referrers/latest", 400),
+        ("GET", "/v2/_catalog?n=1&n=2", 400),
+        ("PATCH", "/v2/a/blobs/uploads/u?_state=a;b", 400),
+    ];
+    for (m, target, status) in cases {
+        let req = format!("{m} {target} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n");
+        let (code, text) = h.raw(req.as_bytes()).await;
+        assert_eq!(code, *status, "{m} {target}: {text}");
+        assert!(text.to_ascii_lowercase().contains("docker-distribution-api-version: registry/2.0"), "{m} {target}");
+        assert!(text.contains("\"errors\"") || *m == "HEAD", "{m} {target}: {text}");
+    }
+    assert!(h.upstream.seen().is_empty(), "{:?}", h.upstream.seen());
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_docker_json_503() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    h.upstream.stop().await;
+    let r = h.v2("GET", &format!("/v2/{HELLO}/manifests/v1"), &[("authorization", &basic("ci", &pw))]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.json()["errors"][0]["code"], "UNAVAILABLE");
+    assert_eq!(r.header("docker-distribution-api-version"), "registry/2.0");
+}
+
+#[tokio::test]
+async fn everything_survives_a_restart_including_issued_tokens() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    let tok = h.session("ci", &pw, &["repository:samples/hello-world:pull"]).await;
+    let h = h.restart().await;
+    let target = format!("/v2/{HELLO}/manifests/v1");
+    assert_eq!(h.v2("GET", &target, &[("authorization", &basic("ci", &pw))]).await.status, StatusCode::OK);
+    assert_eq!(h.v2("GET", &target, &[("authorization", &format!("Bearer {tok}"))]).await.status, StatusCode::OK);
+    assert_eq!(h.admin("GET", "/api/v1/scope-maps/ci-map", None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn admin_api_requires_the_admin_token() {
+    let h = Harness::start().await;
+    let url = format!("http://{}/api/v1/tokens", h.gw.admin_addr);
+    assert_eq!(h.request("GET", &url, &[], b"").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.request("GET", &url, &[("authorization", "Bearer wrong-token-xxxxxxxx")], b"").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.request("GET", &url, &[("authorization", &format!("Bearer {}", support::ADMIN))], b"").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn admin_api_rejects_unknown_fields_and_changes_nothing() {
+    let h = Harness::start().await;
+    let r = h
+        .admin("POST", "/api/v1/scope-maps", Some(json!({"name": "m1", "repositories": [{"repository": "a", "actions": ["content/read"]}], "isAdmin": true})))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("isAdmin"), "{}", r.text());
+    let r = h.admin("POST", "/api/v1/tokens", Some(json!({"name": "t1", "scopeMap": "_repositories_admin", "passwords": ["mine"]}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(h.admin("GET", "/api/v1/tokens", None).await.json(), json!([]));
+    assert_eq!(h.admin("GET", "/api/v1/scope-maps/m1", None).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn secrets_are_shown_once_and_never_again() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    for path in ["/api/v1/tokens", "/api/v1/tokens/ci"] {
+        let r = h.admin("GET", path, None).await;
+        assert!(!r.text().contains(&pw), "{path} returned a password");
+        assert!(!r.text().contains("\"value\""), "{path}");
+    }
+    let db = std::fs::read(h.data.path().join("scopegate.db")).unwrap();
+    assert!(!db.windows(pw.len()).any(|w| w == pw.as_bytes()), "password stored in clear");
+}
+
+#[tokio::test]
+async fn scope_map_rules_refuse_with_a_reason() {
+    let h = Harness::start().await;
+    h.token("ci", &[(HELLO, &["content/read"])]).await;
+    let r = h.admin("DELETE", "/api/v1/scope-maps/ci-map", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.text().contains("used by token(s) ci"), "{}", r.text());
+    let r = h.admin("PATCH", "/api/v1/scope-maps/_repositories_pull", Some(json!({"description": "x"}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = h.admin("POST", "/api/v1/scope-maps", Some(json!({"name": "bad name", "repositories": [{"repository": "a", "actions": ["content/read"]}]}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = h.admin("POST", "/api/v1/scope-maps", Some(json!({"name": "m2", "repositories": [{"repository": "a", "actions": ["pull"]}]}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("content/read"), "{}", r.text());
+    let r = h.admin("POST", "/api/v1/tokens", Some(json!({"name": "t2", "scopeMap": "nope"}))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn token_create_with_repositories_makes_its_own_scope_map() {
+    let h = Harness::start().await;
+    let r = h
+        .admin("POST", "/api/v1/tokens", Some(json!({"name": "MyToken", "repositories": [{"repository": HELLO, "actions": ["content/read"]}], "expirationInDays": 30})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["scopeMap"], "MyToken-scope-map");
+    assert_eq!(v["credentials"]["username"], "MyToken");
+    assert_eq!(v["credentials"]["passwords"].as_array().unwrap().len(), 2);
+    assert!(v["credentials"]["passwords"][0]["expiry"].is_string());
+    let m = h.admin("GET", "/api/v1/scope-maps/MyToken-scope-map", None).await.json();
+    assert_eq!(m["actions"], json!(["repositories/samples/hello-world/content/read"]));
+}

@@ -1,0 +1,243 @@
+//! Test support: an in-process gateway on port 0 in front of a recording fake registry,
+//! an HTTP client for well-formed requests and a raw socket for malformed ones.
+//! The fake registry records every request it receives, so tests can prove that rejected
+//! requests never reached it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use scopegate::auth::secret::Secret;
+use scopegate::config::{Overrides, RawConfig};
+use scopegate::server::{self, AdminToken, Running};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const ADMIN: &str = "admin-token-for-tests-0123456789";
+pub const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// What the fake registry received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A fake registry: records requests; answers catalog pages from `repos`, upload starts
+/// with an absolute Location on its own origin, and everything else with 200 `ok`.
+pub struct FakeRegistry {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub repos: Arc<Mutex<Vec<String>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.lock().unwrap().take() {
+            t.abort();
+        }
+    }
+}
+
+impl FakeRegistry {
+    pub async fn start() -> FakeRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let repos = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (Arc::clone(&seen), Arc::clone(&repos));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (s, r) = (Arc::clone(&s), Arc::clone(&r));
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (s, r) = (Arc::clone(&s), Arc::clone(&r));
+                        async move { Ok::<_, std::convert::Infallible>(answer(req, addr, &s, &r).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        FakeRegistry { addr, seen, repos, task: Mutex::new(Some(task)) }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Stops accepting and waits until the listening socket is closed; connections
+    /// already open are not touched.
+    pub async fn stop(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+async fn answer(req: Request<Incoming>, addr: SocketAddr, seen: &Mutex<Vec<Seen>>, repos: &Mutex<Vec<String>>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    seen.lock().unwrap().push(Seen { method: parts.method.clone(), target: target.clone(), headers: parts.headers.clone(), body });
+    let path = parts.uri.path();
+    if path == "/v2/_catalog" {
+        let q: Vec<(String, String)> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+        let n: usize = q.iter().find(|(k, _)| k == "n").and_then(|(_, v)| v.parse().ok()).unwrap_or(100);
+        let last = q.iter().find(|(k, _)| k == "last").map(|(_, v)| v.clone());
+        let all = repos.lock().unwrap().clone();
+        let rest: Vec<String> = all.into_iter().filter(|r| last.as_ref().is_none_or(|l| r > l)).collect();
+        let page: Vec<String> = rest.iter().take(n).cloned().collect();
+        let mut resp = Response::new(Full::new(Bytes::from(json!({"repositories": page}).to_string())));
+        if rest.len() > n {
+            let l = page.last().cloned().unwrap_or_default();
+            resp.headers_mut().insert("link", format!("</v2/_catalog?last={l}&n={n}>; rel=\"next\"").parse().unwrap());
+        }
+        return resp;
+    }
+    if parts.method == Method::POST && path.ends_with("/blobs/uploads/") {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::ACCEPTED;
+        let loc = format!("http://{addr}{path}f00d-1?_state=abc");
+        resp.headers_mut().insert("location", loc.parse().unwrap());
+        return resp;
+    }
+    Response::new(Full::new(Bytes::from_static(b"ok")))
+}
+
+/// A gateway in front of a fake registry, with an HTTP client.
+pub struct Harness {
+    pub gw: Running,
+    pub upstream: FakeRegistry,
+    pub data: tempfile::TempDir,
+    pub http: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        let upstream = FakeRegistry::start().await;
+        let data = tempfile::tempdir().unwrap();
+        Self::start_on(upstream, data).await
+    }
+
+    pub async fn start_on(upstream: FakeRegistry, data: tempfile::TempDir) -> Harness {
+        let o = Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            admin_listen: Some("127.0.0.1:0".into()),
+            upstream: Some(format!("http://{}", upstream.addr)),
+            data_dir: Some(data.path().to_owned()),
+            public_url: None,
+        };
+        let config = RawConfig::default().apply(&o).validate().unwrap();
+        let public = TcpListener::bind(config.listen).await.unwrap();
+        let admin = TcpListener::bind(config.admin_listen).await.unwrap();
+        let gw = server::start(config, public, admin, AdminToken::Given(Secret::new(ADMIN.into()))).await.unwrap();
+        let http = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        Harness { gw, upstream, data, http }
+    }
+
+    /// Stops the gateway and starts a new one on the same data directory and upstream.
+    pub async fn restart(self) -> Harness {
+        let Harness { gw, upstream, data, .. } = self;
+        gw.shutdown().await;
+        Self::start_on(upstream, data).await
+    }
+
+    pub fn public(&self) -> String {
+        format!("http://{}", self.gw.public_addr)
+    }
+
+    pub async fn request(&self, method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        let mut b = Request::builder().method(Method::from_bytes(method.as_bytes()).unwrap()).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = self.http.request(b.body(Full::new(Bytes::copy_from_slice(body))).unwrap()).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        Resp { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+    }
+
+    /// A request to the public listener.
+    pub async fn v2(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> Resp {
+        self.request(method, &format!("{}{target}", self.public()), headers, b"").await
+    }
+
+    /// A request to the admin API.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let url = format!("http://{}{path}", self.gw.admin_addr);
+        let auth = format!("Bearer {ADMIN}");
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        self.request(method, &url, &[("authorization", &auth), ("content-type", "application/json")], bytes.as_bytes()).await
+    }
+
+    /// Creates a scope map and a token on it; returns password1.
+    pub async fn token(&self, name: &str, repos: &[(&str, &[&str])]) -> String {
+        let map = format!("{name}-map");
+        let repositories: Vec<Value> = repos.iter().map(|(r, a)| json!({"repository": r, "actions": a})).collect();
+        let r = self.admin("POST", "/api/v1/scope-maps", Some(json!({"name": map, "repositories": repositories}))).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        let r = self.admin("POST", "/api/v1/tokens", Some(json!({"name": name, "scopeMap": map}))).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        r.json()["credentials"]["passwords"][0]["value"].as_str().unwrap().to_owned()
+    }
+
+    /// Fetches a session token for the given scopes with Basic credentials.
+    pub async fn session(&self, user: &str, password: &str, scopes: &[&str]) -> String {
+        let q: String = scopes.iter().map(|s| format!("&scope={}", form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>())).collect();
+        let r = self.v2("GET", &format!("/token?service=scopegate{q}"), &[("authorization", &basic(user, password))]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        r.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends raw bytes to the public listener and returns the status line's code and the rest.
+    pub async fn raw(&self, bytes: &[u8]) -> (u16, String) {
+        let mut s = TcpStream::connect(self.gw.public_addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, text)
+    }
+}
