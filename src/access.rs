@@ -76,10 +76,10 @@ impl ActionSet {
 
     pub const fn of(actions: &[Action]) -> ActionSet {
         let mut bits = 0;
-        let mut i = 0;
-        while i < actions.len() {
-            bits |= actions[i].bit();
-            i += 1;
+        let mut rest = actions;
+        while let [first, tail @ ..] = rest {
+            bits |= first.bit();
+            rest = tail;
         }
         ActionSet(bits)
     }

@@ -380,7 +380,7 @@ async fn generate(state: &Arc<State>, name: &str, req: GenerateCredentials) -> A
         .await
         .map_err(store_error)?;
     let view = token_view(&token, &fresh);
-    Ok((StatusCode::OK, json!({"username": token.name.as_str(), "passwords": view["credentials"]["passwords"]})))
+    Ok((StatusCode::OK, json!({"username": token.name.as_str(), "passwords": view.pointer("/credentials/passwords").cloned().unwrap_or_default()})))
 }
 
 async fn delete_credential(state: &Arc<State>, name: &str, slot: &str) -> Answer {

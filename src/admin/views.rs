@@ -121,8 +121,8 @@ pub fn token_view(t: &Token, fresh: &[(Slot, Secret)]) -> Value {
                 "creationTime": rfc3339(p.created),
                 "expiry": p.expiry.map(rfc3339),
             });
-            if let Some((_, s)) = fresh.iter().find(|(fs, _)| *fs == slot) {
-                v["value"] = s.expose().into();
+            if let (Some((_, s)), Some(obj)) = (fresh.iter().find(|(fs, _)| *fs == slot), v.as_object_mut()) {
+                obj.insert("value".into(), s.expose().into());
             }
             v
         })

@@ -59,7 +59,7 @@ impl AdminClient {
         if status.is_success() {
             return Ok(v);
         }
-        let message = v["errors"][0]["message"].as_str().map(str::to_owned).unwrap_or_else(|| format!("admin API answered {status}"));
+        let message = v.pointer("/errors/0/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| format!("admin API answered {status}"));
         Err(match status {
             StatusCode::UNAUTHORIZED => CliError::auth(message),
             StatusCode::NOT_FOUND => CliError::not_found(message),

@@ -359,7 +359,7 @@ async fn token(c: &AdminClient, cmd: TokenCommand, m: Option<&ArgMatches>, out: 
                 "expiration": expiration,
             });
             let v = c.call(Method::POST, "/api/v1/tokens", Some(body)).await?;
-            print_with_passwords(&v, out, &v["credentials"]["passwords"]);
+            print_with_passwords(&v, out, v.pointer("/credentials/passwords").unwrap_or(&Value::Null));
         }
         TokenCommand::Update { name, scope_map, status } => {
             let v = c
@@ -377,7 +377,7 @@ async fn token(c: &AdminClient, cmd: TokenCommand, m: Option<&ArgMatches>, out: 
         TokenCommand::Credential { command: CredentialCommand::Generate { name, password1, password2, expiration_in_days, expiration } } => {
             let body = json!({"password1": password1, "password2": password2, "expirationInDays": expiration_in_days, "expiration": expiration});
             let v = c.call(Method::POST, &format!("/api/v1/tokens/{}/credentials", segment(&name)?), Some(body)).await?;
-            print_with_passwords(&v, out, &v["passwords"]);
+            print_with_passwords(&v, out, v.pointer("/passwords").unwrap_or(&Value::Null));
         }
         TokenCommand::Credential { command: CredentialCommand::Delete { name, password1, .. } } => {
             let slot = if password1 { "password1" } else { "password2" };

@@ -125,19 +125,18 @@ where
         _ => None,
     };
 
-    let mut body = serde_json::json!({
-        "token": token,
-        "access_token": token,
-        "expires_in": lifetime,
-        "issued_at": now.format(&Rfc3339).unwrap_or_default(),
-    });
+    let mut body = serde_json::Map::new();
+    body.insert("token".into(), token.clone().into());
+    body.insert("access_token".into(), token.into());
+    body.insert("expires_in".into(), lifetime.into());
+    body.insert("issued_at".into(), now.format(&Rfc3339).unwrap_or_default().into());
     if let Some(r) = refresh {
-        body["refresh_token"] = r.into();
+        body.insert("refresh_token".into(), r.into());
     }
     if is_post {
-        body["scope"] = scope::format_access(&access).into();
+        body.insert("scope".into(), scope::format_access(&access).into());
     }
-    let mut resp = Response::new(full(body.to_string()));
+    let mut resp = Response::new(full(serde_json::Value::Object(body).to_string()));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     *resp.status_mut() = StatusCode::OK;
