@@ -76,10 +76,12 @@ where
     let need = route.requirement();
     let credential = Credential::extract(req.headers()).map_err(|f| Rejection::auth_failed(f, need.hints()))?;
     let policy = state.policy();
-    let principal = state
-        .auth
-        .authenticate(&credential, &policy, OffsetDateTime::now_utc())
-        .map_err(|f| Rejection::auth_failed(f, need.hints()))?;
+    let principal = state.auth.authenticate(&credential, &policy, OffsetDateTime::now_utc()).map_err(|f| {
+        info!(target: "scopegate::audit", client = %peer, endpoint = route.kind().as_str(), method = %route.method,
+              repository = route.repo().map(|r| r.as_str()).unwrap_or(""), credential = credential.kind().as_str(),
+              outcome = "unauthenticated", reason = %f.reason, "decision");
+        Rejection::auth_failed(f, need.hints())
+    })?;
     let grant = policy.decide(&principal, need).map_err(|d| {
         info!(target: "scopegate::audit", client = %peer, endpoint = route.kind().as_str(), method = %route.method,
               repository = route.repo().map(|r| r.as_str()).unwrap_or(""), credential = principal.credential.as_str(),

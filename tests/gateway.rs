@@ -440,6 +440,9 @@ async fn token_create_with_repositories_makes_its_own_scope_map() {
     assert_eq!(v["credentials"]["username"], "MyToken");
     assert_eq!(v["credentials"]["passwords"].as_array().unwrap().len(), 2);
     assert!(v["credentials"]["passwords"][0]["expiry"].is_string());
+    let shown = h.admin("GET", "/api/v1/tokens/MyToken", None).await.json();
+    assert_eq!(shown["creationDate"], v["creationDate"], "the stored time reads back as created");
+    assert_eq!(shown["credentials"]["passwords"][0]["expiry"], v["credentials"]["passwords"][0]["expiry"]);
     let m = h.admin("GET", "/api/v1/scope-maps/MyToken-scope-map", None).await.json();
     assert_eq!(m["actions"], json!(["repositories/samples/hello-world/content/read"]));
 }
