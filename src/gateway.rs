@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response};
-use time::OffsetDateTime;
 use tracing::{debug, info};
 
 use crate::auth::Credential;
@@ -33,7 +32,7 @@ where
     let path = req.uri().path();
     if path == "/token" {
         let policy = state.policy();
-        return match crate::token::handle(req, &policy, &state.auth, &state.config.token).await {
+        return match crate::token::handle(req, &policy, &state.auth, &state.config.token, state.clock.now()).await {
             Ok((resp, issued)) => {
                 info!(target: "scopegate::token", client = %peer, subject = ?issued.subject, credential = issued.credential.as_str(), repositories = issued.repositories, "token issued");
                 resp
@@ -76,7 +75,7 @@ where
     let need = route.requirement();
     let credential = Credential::extract(req.headers()).map_err(|f| Rejection::auth_failed(f, need.hints()))?;
     let policy = state.policy();
-    let principal = state.auth.authenticate(&credential, &policy, OffsetDateTime::now_utc()).map_err(|f| {
+    let principal = state.auth.authenticate(&credential, &policy, state.clock.now()).map_err(|f| {
         info!(target: "scopegate::audit", client = %peer, endpoint = route.kind().as_str(), method = %route.method,
               repository = route.repo().map(|r| r.as_str()).unwrap_or(""), credential = credential.kind().as_str(),
               outcome = "unauthenticated", reason = %f.reason, "decision");

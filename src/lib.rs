@@ -15,3 +15,4 @@ pub mod state;
 pub mod admin;
 pub mod server;
 pub mod cli;
+pub mod clock;

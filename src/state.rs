@@ -25,6 +25,8 @@ pub struct State {
     pub auth: Authenticator,
     pub upstream: Upstream,
     pub store: Arc<dyn Store>,
+    /// System time in production; tests move it forward.
+    pub clock: crate::clock::Clock,
     policy: ArcSwap<Policy>,
     admin_digest: [u8; 32],
     write_lock: tokio::sync::Mutex<()>,
@@ -54,6 +56,7 @@ impl State {
             auth,
             upstream,
             store,
+            clock: crate::clock::Clock::system(),
             policy: ArcSwap::from_pointee(policy),
             admin_digest,
             write_lock: tokio::sync::Mutex::new(()),

@@ -126,12 +126,6 @@ where
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid request body: {e}")))
 }
 
-/// Now, in whole seconds: the store keeps seconds, so every answer shows the same value.
-fn now() -> OffsetDateTime {
-    let t = OffsetDateTime::now_utc();
-    t.replace_nanosecond(0).unwrap_or(t)
-}
-
 fn bad(msg: impl Into<std::borrow::Cow<'static, str>>) -> Rejection {
     Rejection::bad_request(Code::InvalidRequest, msg)
 }
@@ -222,7 +216,7 @@ async fn create_map(state: &Arc<State>, req: CreateScopeMap) -> Answer {
     if req.repositories.is_empty() {
         return Err(bad("a scope map needs at least one repository with actions"));
     }
-    let map = ScopeMap::new(name, req.description.unwrap_or_default(), now(), rules(&req.repositories)?);
+    let map = ScopeMap::new(name, req.description.unwrap_or_default(), state.clock.now_secs(), rules(&req.repositories)?);
     let view = scope_map_view(&map);
     state.write(move |store, _| store.create_scope_map(&map)).await.map_err(store_error)?;
     Ok((StatusCode::CREATED, view))
@@ -287,7 +281,7 @@ fn show_token(state: &State, name: &str) -> Answer {
 }
 
 async fn create_token(state: &Arc<State>, req: CreateToken) -> Answer {
-    let now = now();
+    let now = state.clock.now_secs();
     let name = token_name(&req.name)?;
     let status = req.status.as_deref().map(Status::parse).transpose().map_err(bad)?.unwrap_or(Status::Enabled);
     let exp = expiry(now, req.expiration_in_days, req.expiration.as_deref())?;
@@ -359,7 +353,7 @@ async fn delete_token(state: &Arc<State>, name: &str) -> Answer {
 }
 
 async fn generate(state: &Arc<State>, name: &str, req: GenerateCredentials) -> Answer {
-    let now = now();
+    let now = state.clock.now_secs();
     let name = token_name(name)?;
     let exp = expiry(now, req.expiration_in_days, req.expiration.as_deref())?;
     let slots: Vec<Slot> = match (req.password1, req.password2) {

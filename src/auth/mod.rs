@@ -139,7 +139,7 @@ impl Authenticator {
                 Ok(Principal { subject: Subject::Token(name), credential: CredentialKind::Basic, session: None })
             }
             Credential::Bearer(token) => {
-                let v = self.verify_session(token)?;
+                let v = self.verify_session(token, now.unix_timestamp())?;
                 let subject = match (&v.subject, &v.binding) {
                     (None, _) => Subject::Anonymous,
                     (Some(name), Some(binding)) => {
@@ -188,23 +188,23 @@ impl Authenticator {
     }
 
     /// Verifies one of our session tokens (signature and expiry; cached until it expires).
-    fn verify_session(&self, token: &Secret) -> Result<Arc<Verified>, AuthFailure> {
+    fn verify_session(&self, token: &Secret, now: i64) -> Result<Arc<Verified>, AuthFailure> {
         let key = self.cache_key(&[b"session", token.expose().as_bytes()]);
         if let Some(Cached::Session(v)) = self.cache.get(&key) {
-            if v.expires_at > OffsetDateTime::now_utc().unix_timestamp() {
+            if v.expires_at > now {
                 return Ok(v);
             }
             self.cache.invalidate(&key);
             return Err(AuthFailure::new(true, "token has expired"));
         }
-        let v = Arc::new(self.issuer.verify(token.expose(), Use::Access).map_err(|e| jwt_failure(&e))?);
+        let v = Arc::new(self.issuer.verify(token.expose(), Use::Access, now).map_err(|e| jwt_failure(&e))?);
         self.cache.insert(key, Cached::Session(Arc::clone(&v)));
         Ok(v)
     }
 
     /// Verifies a refresh token and that the password it was earned with is still good.
     pub fn verify_refresh(&self, token: &str, policy: &Policy, now: OffsetDateTime) -> Result<(TokenName, Binding), AuthFailure> {
-        let v = self.issuer.verify(token, Use::Refresh).map_err(|e| AuthFailure::new(false, format!("refresh {}", jwt_failure(&e).reason)))?;
+        let v = self.issuer.verify(token, Use::Refresh, now.unix_timestamp()).map_err(|e| AuthFailure::new(false, format!("refresh {}", jwt_failure(&e).reason)))?;
         let (Some(name), Some(binding)) = (v.subject, v.binding) else {
             return Err(AuthFailure::new(false, "refresh token is not bound to a credential"));
         };

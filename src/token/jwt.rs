@@ -150,24 +150,29 @@ impl Issuer {
         jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|_| JwtError::Sign)
     }
 
-    /// Verifies a token of the given use.
-    pub fn verify(&self, token: &str, want: Use) -> Result<Verified, JwtError> {
+    /// Verifies a token of the given use at time `now` (unix seconds). Time claims are
+    /// checked here against the gateway's clock, not by the JWT library's own.
+    pub fn verify(&self, token: &str, want: Use, now: i64) -> Result<Verified, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
         if header.alg != Algorithm::ES256 {
             return Err(JwtError::Invalid);
         }
         let key = header.kid.as_deref().and_then(|kid| self.keys.get(kid)).ok_or(JwtError::Invalid)?;
         let mut v = Validation::new(Algorithm::ES256);
-        v.leeway = LEEWAY_SECS;
-        v.validate_nbf = true;
+        v.validate_exp = false;
+        v.validate_nbf = false;
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.service]);
         v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => JwtError::Expired,
-            _ => JwtError::Invalid,
-        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).map_err(|_| JwtError::Invalid)?;
         let c = data.claims;
+        let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(0);
+        if c.nbf > now + leeway {
+            return Err(JwtError::Invalid);
+        }
+        if c.exp + leeway <= now {
+            return Err(JwtError::Expired);
+        }
         if c.token_use != want {
             return Err(JwtError::Invalid);
         }
@@ -226,14 +231,17 @@ mod tests {
                 expires_at: now() + 300,
             })
             .unwrap();
-        let v = iss.verify(&t, Use::Access).unwrap();
+        let v = iss.verify(&t, Use::Access, now()).unwrap();
         assert_eq!(v.access, access);
         assert_eq!(v.subject, Some(name));
         assert_eq!(v.binding, Some(binding));
         // a session is not a refresh token
-        assert!(iss.verify(&t, Use::Refresh).is_err());
+        assert!(iss.verify(&t, Use::Refresh, now()).is_err());
         // another gateway's key does not verify
-        assert!(issuer().verify(&t, Use::Access).is_err());
+        assert!(issuer().verify(&t, Use::Access, now()).is_err());
+        // not yet valid, and expired, by the clock it is given
+        assert!(matches!(iss.verify(&t, Use::Access, now() - 60), Err(JwtError::Invalid)));
+        assert!(matches!(iss.verify(&t, Use::Access, now() + 300 + LEEWAY_SECS as i64 + 1), Err(JwtError::Expired)));
     }
 
     #[test]
@@ -249,6 +257,6 @@ mod tests {
                 expires_at: now() - 300,
             })
             .unwrap();
-        assert!(matches!(iss.verify(&t, Use::Access), Err(JwtError::Expired)));
+        assert!(matches!(iss.verify(&t, Use::Access, now()), Err(JwtError::Expired)));
     }
 }

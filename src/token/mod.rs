@@ -64,12 +64,12 @@ pub async fn handle<B>(
     policy: &Policy,
     auth: &Authenticator,
     settings: &TokenSettings,
+    now: OffsetDateTime,
 ) -> Result<(Response<Body>, Issued), Rejection>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<crate::body::BoxError>,
 {
-    let now = OffsetDateTime::now_utc();
     let is_post = match *req.method() {
         Method::GET => false,
         Method::POST => true,
