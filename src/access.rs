@@ -193,7 +193,9 @@ pub enum Requirement<'a> {
     /// the listing is filtered to repositories the caller holds metadata/read on.
     Catalog,
     /// One action on one repository; a mount also asks for content/read on its source.
-    Repository { repo: &'a RepoName, action: Action, mount_from: Option<&'a RepoName> },
+    /// `locks` is false only for reading and changing the repository's own attributes,
+    /// which must work on a locked repository (or it could never be unlocked).
+    Repository { repo: &'a RepoName, action: Action, mount_from: Option<&'a RepoName>, locks: bool },
 }
 
 #[cfg(test)]

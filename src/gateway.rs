@@ -20,7 +20,7 @@ use crate::auth::Credential;
 use crate::body::{Body, BoxError};
 use crate::proxy;
 use crate::reject::{Code, Rejection};
-use crate::route::{self, EndpointKind};
+use crate::route::{self, Endpoint};
 use crate::state::State;
 
 /// Serves one request on the public listener.
@@ -43,7 +43,7 @@ where
             }
         };
     }
-    if path == "/v2" || path.starts_with("/v2/") {
+    if path == "/v2" || path.starts_with("/v2/") || path.starts_with(route::REPOSITORY_API) {
         let method = req.method().clone();
         let mut resp = match v2(&state, req, peer).await {
             Ok(r) => r,
@@ -60,7 +60,7 @@ where
         .to_response(&state.realm, &state.config.token.service)
 }
 
-async fn v2<B>(state: &State, req: Request<B>, peer: SocketAddr) -> Result<Response<Body>, Rejection>
+async fn v2<B>(state: &Arc<State>, req: Request<B>, peer: SocketAddr) -> Result<Response<Body>, Rejection>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -84,14 +84,15 @@ where
     let grant = policy.decide(&principal, need).map_err(|d| {
         info!(target: "scopegate::audit", client = %peer, endpoint = route.kind().as_str(), method = %route.method,
               repository = route.repo().map(|r| r.as_str()).unwrap_or(""), credential = principal.credential.as_str(),
-              subject = ?principal.subject, outcome = "denied", reason = ?d, "decision");
+              subject = ?principal.subject, outcome = "denied", reason = %d.reason(), "decision");
         Rejection::from(d)
     })?;
     debug!(target: "scopegate::audit", client = %peer, endpoint = route.kind().as_str(), method = %route.method,
            repository = route.repo().map(|r| r.as_str()).unwrap_or(""), credential = principal.credential.as_str(),
            subject = ?principal.subject, outcome = "allowed", "decision");
-    if route.kind() == EndpointKind::Base {
-        return Ok(proxy::base_ok());
+    match &route.endpoint {
+        Endpoint::Base => Ok(proxy::base_ok()),
+        Endpoint::Repository { repo, op } => crate::repository::handle(state, req, repo, op, &grant).await,
+        _ => state.upstream.forward(req, &route, &grant).await,
     }
-    state.upstream.forward(req, &route, &grant).await
 }

@@ -16,3 +16,4 @@ pub mod admin;
 pub mod server;
 pub mod cli;
 pub mod clock;
+pub mod repository;

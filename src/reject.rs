@@ -270,6 +270,7 @@ impl From<crate::policy::Denial> for Rejection {
                 "requested access to the resource is denied (insufficient scope)",
             ),
             Denial::Denied { reason } => Rejection::denied(format!("requested access to the resource is denied: {reason}")),
+            Denial::Locked { repo, lock } => Rejection::denied(format!("repository {repo} is {lock}")),
         }
     }
 }

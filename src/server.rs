@@ -150,6 +150,13 @@ pub async fn start_with_store(
     let upstream = Upstream::new(&config, public_origin.clone());
     let state = Arc::new(State::new(config, public_origin, auth, upstream, store, policy, digest));
 
+    let recovery = Arc::clone(&state);
+    tokio::spawn(async move {
+        let _one_at_a_time = recovery.untag_lock.lock().await;
+        let grant = recovery.policy().grant_untag_recovery();
+        crate::repository::replay_journal(&recovery, &grant).await;
+    });
+
     let (stop, stopped) = watch::channel(false);
     let s1 = Arc::clone(&state);
     let public_task = tokio::spawn(serve(public, stopped.clone(), move |req, peer| {

@@ -27,6 +27,8 @@ pub struct State {
     pub store: Arc<dyn Store>,
     /// System time in production; tests move it forward.
     pub clock: crate::clock::Clock,
+    /// Untags run one at a time (they may delete and restore a manifest).
+    pub untag_lock: tokio::sync::Mutex<()>,
     policy: ArcSwap<Policy>,
     admin_digest: [u8; 32],
     write_lock: tokio::sync::Mutex<()>,
@@ -57,6 +59,7 @@ impl State {
             upstream,
             store,
             clock: crate::clock::Clock::system(),
+            untag_lock: tokio::sync::Mutex::new(()),
             policy: ArcSwap::from_pointee(policy),
             admin_digest,
             write_lock: tokio::sync::Mutex::new(()),
@@ -71,7 +74,9 @@ impl State {
     /// Builds a snapshot from the store's records.
     pub fn load_policy(store: &dyn Store, config: &Config) -> Result<Policy, StoreError> {
         let r = store.load()?;
-        Ok(Policy::new(r.epoch, r.maps, r.tokens, config.anonymous_scope_map.clone()))
+        // set at runtime (`scopegate anonymous`) beats the configuration
+        let anonymous = r.anonymous.unwrap_or_else(|| config.anonymous_scope_map.clone());
+        Ok(Policy::new(r.epoch, r.maps, r.tokens, anonymous).with_attributes(r.attributes))
     }
 
     /// Re-reads the store and swaps the snapshot.

@@ -12,6 +12,8 @@
 //! GET    /api/v1/tokens/{name}         PATCH, DELETE /api/v1/tokens/{name}
 //! POST   /api/v1/tokens/{name}/credentials           (generate password1 and/or password2)
 //! DELETE /api/v1/tokens/{name}/credentials/{slot}
+//! GET    /api/v1/anonymous             PUT /api/v1/anonymous      (the anonymous scope map)
+//! GET    /api/v1/check?token=N|anonymous=true&repository=R&action=A   (explain a decision)
 //! GET    /healthz                      (no authentication)
 //! ```
 //! The admin API changes records; it never decides a registry request.
@@ -32,7 +34,7 @@ use time::{Duration, OffsetDateTime};
 use crate::access::{Action, ActionSet};
 use crate::auth::secret::{self, Secret};
 use crate::body::{full, Body, BoxError};
-use crate::policy::{MapName, Password, RepoPattern, ScopeMap, Slot, Status, Token, TokenName};
+use crate::policy::{MapName, Password, RepoPattern, ScopeMap, Slot, Status, Subject, Token, TokenName};
 use crate::reject::{Code, Rejection};
 use crate::state::State;
 use crate::store::StoreError;
@@ -90,6 +92,9 @@ where
         (Method::DELETE, ["tokens", name]) => delete_token(state, name).await,
         (Method::POST, ["tokens", name, "credentials"]) => generate(state, name, body(req).await?).await,
         (Method::DELETE, ["tokens", name, "credentials", slot]) => delete_credential(state, name, slot).await,
+        (Method::GET, ["anonymous"]) => show_anonymous(state),
+        (Method::PUT, ["anonymous"]) => set_anonymous(state, body(req).await?).await,
+        (Method::GET, ["check"]) => check(state, req.uri().query().unwrap_or_default()),
         (m, _) => Err(Rejection::not_found(Code::NotFound, format!("no admin route {m} {path}"))),
     }
 }
@@ -260,7 +265,15 @@ async fn delete_map(state: &Arc<State>, name: &str) -> Answer {
     if name.is_system() {
         return Err(Rejection::conflict(format!("{name} is a system scope map and cannot be deleted")));
     }
-    state.write(move |store, _| store.delete_scope_map(&name)).await.map_err(store_error)?;
+    state
+        .write(move |store, policy| {
+            if policy.anonymous_map() == Some(&name) {
+                return Err(StoreError::InUse(format!("scope map {name} is the anonymous scope map; run `scopegate anonymous --none` or pick another map first")));
+            }
+            store.delete_scope_map(&name)
+        })
+        .await
+        .map_err(store_error)?;
     Ok((StatusCode::OK, json!({"deleted": true})))
 }
 
@@ -399,4 +412,71 @@ async fn delete_credential(state: &Arc<State>, name: &str, slot: &str) -> Answer
         .await
         .map_err(store_error)?;
     Ok((StatusCode::OK, view))
+}
+
+// === anonymous access and explain ===
+
+fn anonymous_view(state: &State) -> Value {
+    let policy = state.policy();
+    json!({"scopeMap": policy.anonymous_map().map(MapName::as_str)})
+}
+
+fn show_anonymous(state: &State) -> Answer {
+    Ok((StatusCode::OK, anonymous_view(state)))
+}
+
+async fn set_anonymous(state: &Arc<State>, req: SetAnonymous) -> Answer {
+    let map = req.scope_map.ok_or_else(|| bad("scopeMap is required (null switches anonymous access off)"))?;
+    let map = map.as_deref().map(map_name).transpose()?;
+    state
+        .write(move |store, policy| {
+            if let Some(m) = &map {
+                if policy.map(m).is_none() {
+                    return Err(StoreError::NotFound(format!("scope map {m}")));
+                }
+            }
+            store.set_anonymous(map.as_ref())
+        })
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::OK, anonymous_view(state)))
+}
+
+fn check(state: &State, query: &str) -> Answer {
+    let mut token = None;
+    let mut anonymous = false;
+    let mut repository = None;
+    let mut action = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "token" => token = Some(v.into_owned()),
+            "anonymous" => anonymous = v == "true",
+            "repository" => repository = Some(v.into_owned()),
+            "action" => action = Some(v.into_owned()),
+            other => return Err(bad(format!("unknown parameter {other:?}"))),
+        }
+    }
+    let subject = match (token, anonymous) {
+        (Some(t), false) => Subject::Token(token_name(&t)?),
+        (None, true) => Subject::Anonymous,
+        _ => return Err(bad("give exactly one of token=<name> or anonymous=true")),
+    };
+    let repo = repository.ok_or_else(|| bad("repository is required"))?;
+    let repo = crate::oci::RepoName::parse(&repo).map_err(|e| bad(e.to_string()))?;
+    let action = action.ok_or_else(|| bad("action is required"))?;
+    let action = Action::parse(&action).ok_or_else(|| {
+        bad(format!("invalid action {action:?}: expected content/read, content/write, content/delete, metadata/read or metadata/write"))
+    })?;
+    let e = state.policy().explain(&subject, &repo, action, Some(state.clock.now()));
+    Ok((
+        StatusCode::OK,
+        json!({
+            "allowed": e.allowed,
+            "reason": e.reason,
+            "scopeMap": e.scope_map.as_ref().map(MapName::as_str),
+            "pattern": e.pattern.as_ref().map(ToString::to_string),
+            "repository": repo.as_str(),
+            "action": action.as_str(),
+        }),
+    ))
 }

@@ -91,6 +91,19 @@ pub struct GenerateCredentials {
     pub expiration: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SetAnonymous {
+    /// Required; `null` switches anonymous access off (outer `None`: the key was missing).
+    #[serde(default, deserialize_with = "present")]
+    pub scope_map: Option<Option<String>>,
+}
+
+/// Marks a key as present, so `null` and "missing" differ.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
 /// ACR's flat action form: `repositories/<pattern>/<action>`.
 pub fn scope_map_view(m: &ScopeMap) -> Value {
     let actions: Vec<String> = m

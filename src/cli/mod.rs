@@ -1,9 +1,12 @@
-//! The `scopegate` command line: `serve`, `config check`, and the admin commands that
-//! mirror `az acr scope-map` and `az acr token`. Admin commands talk to the admin API
-//! (`--server` / `SCOPEGATE_SERVER`, secret from `SCOPEGATE_ADMIN_TOKEN`).
+//! The `scopegate` command line: `serve`, `config check`, the admin commands that mirror
+//! `az acr scope-map` and `az acr token` (plus `anonymous` and `check`), which talk to the
+//! admin API (`--server` / `SCOPEGATE_SERVER`, secret from `SCOPEGATE_ADMIN_TOKEN`), and the
+//! `repository` commands, which use a token's own credentials on the public endpoint as
+//! `az acr repository` does.
 //!
-//! Exit codes: 0 success; 1 refused (invalid input, conflict, in use); 2 usage error;
-//! 3 not found; 4 authentication failed; 5 server unreachable or failing.
+//! Exit codes: 0 success (for `check`: allowed); 1 refused (invalid input, conflict, in
+//! use, denied; for `check`: denied); 2 usage error; 3 not found; 4 authentication failed;
+//! 5 server unreachable or failing.
 //!
 //! The CLI parses arguments and prints; every rule is enforced by the server.
 
@@ -21,7 +24,7 @@ use tokio::net::TcpListener;
 use crate::auth::secret::Secret;
 use crate::config::{Config, LogFormat, Overrides};
 use crate::server::{self, AdminToken};
-use client::AdminClient;
+use client::{AdminClient, RegistryClient};
 use output::{print, Column, Output};
 
 #[derive(Parser, Debug)]
@@ -61,6 +64,110 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Show or set the scope map anonymous callers are bound to.
+    Anonymous {
+        /// Bind anonymous callers to this scope map.
+        #[arg(long, conflicts_with = "none")]
+        scope_map: Option<String>,
+        /// Switch anonymous access off.
+        #[arg(long)]
+        none: bool,
+    },
+    /// Explain whether a token (or the anonymous caller) may do an action on a repository.
+    Check {
+        #[arg(long, conflicts_with = "anonymous", required_unless_present = "anonymous")]
+        token: Option<String>,
+        #[arg(long)]
+        anonymous: bool,
+        #[arg(long)]
+        repository: String,
+        /// content/read, content/write, content/delete, metadata/read or metadata/write
+        #[arg(long)]
+        action: String,
+    },
+    /// Work on repositories with a token's own credentials (as `az acr repository`).
+    Repository {
+        #[command(subcommand)]
+        command: RepositoryCommand,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RegistryArgs {
+    /// The gateway's public URL.
+    #[arg(long, env = "SCOPEGATE_REGISTRY")]
+    registry: String,
+    /// Token name.
+    #[arg(long, short = 'u', env = "SCOPEGATE_USERNAME")]
+    username: String,
+    /// Token password (prefer SCOPEGATE_PASSWORD to keep it out of the process list).
+    #[arg(long, short = 'p', env = "SCOPEGATE_PASSWORD", hide_env_values = true)]
+    password: String,
+}
+
+#[derive(Args, Debug)]
+struct Target {
+    /// A repository.
+    #[arg(long, conflicts_with = "image", required_unless_present = "image")]
+    repository: Option<String>,
+    /// An image: <repository>:<tag> or <repository>@<digest>.
+    #[arg(long)]
+    image: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum RepositoryCommand {
+    /// List a repository's tags (needs metadata/read).
+    ShowTags {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[arg(long)]
+        repository: String,
+    },
+    /// List a repository's manifests and their tags (needs metadata/read).
+    ShowManifests {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[arg(long)]
+        repository: String,
+    },
+    /// Show a repository's attributes and counts, or an image (needs metadata/read).
+    Show {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a repository's manifests, or one image's manifest (needs content/delete).
+    Delete {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a tag, keeping the manifest (needs metadata/write).
+    Untag {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// <repository>:<tag>
+        #[arg(long)]
+        image: String,
+    },
+    /// Lock or unlock a repository for every caller (needs metadata/write).
+    Update {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[arg(long)]
+        repository: String,
+        #[arg(long)]
+        write_enabled: Option<bool>,
+        #[arg(long)]
+        delete_enabled: Option<bool>,
+        #[arg(long)]
+        read_enabled: Option<bool>,
+        #[arg(long)]
+        list_enabled: Option<bool>,
     },
 }
 
@@ -272,7 +379,118 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), CliError> {
         }
         Command::ScopeMap { command } => scope_map(&admin_client(&cli.client)?, command, sub(matches, "scope-map"), cli.client.output).await,
         Command::Token { command } => token(&admin_client(&cli.client)?, command, sub(matches, "token"), cli.client.output).await,
+        Command::Anonymous { scope_map, none } => {
+            let c = admin_client(&cli.client)?;
+            let v = match (scope_map, none) {
+                (Some(m), _) => c.call(Method::PUT, "/api/v1/anonymous", Some(json!({"scopeMap": m}))).await?,
+                (None, true) => c.call(Method::PUT, "/api/v1/anonymous", Some(json!({"scopeMap": null}))).await?,
+                (None, false) => c.call(Method::GET, "/api/v1/anonymous", None).await?,
+            };
+            print(&v, cli.client.output, &[]);
+            Ok(())
+        }
+        Command::Check { token, anonymous, repository, action } => {
+            let who: (&str, String) = match token {
+                Some(t) => ("token", t),
+                None => ("anonymous", anonymous.to_string()),
+            };
+            let q = crate::route::encode_query([(who.0, who.1.as_str()), ("repository", repository.as_str()), ("action", action.as_str())]);
+            let v = admin_client(&cli.client)?.call(Method::GET, &format!("/api/v1/check?{q}"), None).await?;
+            print(&v, cli.client.output, &[]);
+            if v.get("allowed") == Some(&Value::Bool(true)) {
+                Ok(())
+            } else {
+                Err(CliError::refused(v.get("reason").and_then(Value::as_str).unwrap_or("denied").to_owned()))
+            }
+        }
+        Command::Repository { command } => repository(command, cli.client.output).await,
     }
+}
+
+/// `R:tag` or `R@digest` into the repository and the API path of that image.
+fn image(text: &str) -> Result<(String, &'static str, String), CliError> {
+    let bad = || CliError::usage(format!("invalid --image {text:?}: expected <repository>:<tag> or <repository>@<digest>"));
+    if let Some((r, d)) = text.split_once('@') {
+        return Ok((r.to_owned(), "_manifests", d.to_owned()));
+    }
+    let (r, t) = text.rsplit_once(':').ok_or_else(bad)?;
+    if r.is_empty() || t.is_empty() || t.contains('/') {
+        return Err(bad());
+    }
+    Ok((r.to_owned(), "_tags", t.to_owned()))
+}
+
+/// Path segments of a repository name (sent as given; the gateway validates it).
+fn repo_path(r: &str) -> Result<String, CliError> {
+    if r.is_empty() || !r.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'.' | b'_' | b'-')) {
+        return Err(CliError::usage(format!("invalid repository name {r:?}")));
+    }
+    Ok(format!("/scopegate/v1/{r}"))
+}
+
+async fn registry_client(a: &RegistryArgs, repo: &str, words: &str) -> Result<RegistryClient, CliError> {
+    RegistryClient::login(&a.registry, &format!("repository:{repo}:{words}"), &a.username, &Secret::new(a.password.clone())).await
+}
+
+async fn repository(cmd: RepositoryCommand, out: Output) -> Result<(), CliError> {
+    const TAGS: &[Column] = &[("NAME", "/name"), ("DIGEST", "/digest")];
+    const MANIFESTS: &[Column] = &[("DIGEST", "/digest"), ("TAGS", "/tags"), ("MEDIA TYPE", "/mediaType"), ("SIZE", "/size")];
+    match cmd {
+        RepositoryCommand::ShowTags { registry, repository } => {
+            let c = registry_client(&registry, &repository, "metadata_read").await?;
+            let v = c.call(Method::GET, &format!("{}/_tags", repo_path(&repository)?), None).await?;
+            print(v.get("tags").unwrap_or(&Value::Null), out, TAGS);
+        }
+        RepositoryCommand::ShowManifests { registry, repository } => {
+            let c = registry_client(&registry, &repository, "metadata_read").await?;
+            let v = c.call(Method::GET, &format!("{}/_manifests", repo_path(&repository)?), None).await?;
+            print(v.get("manifests").unwrap_or(&Value::Null), out, MANIFESTS);
+        }
+        RepositoryCommand::Show { registry, target } => {
+            let (repo, path) = match (&target.repository, &target.image) {
+                (Some(r), _) => (r.clone(), repo_path(r)?),
+                (None, Some(i)) => {
+                    let (r, kind, reference) = image(i)?;
+                    let p = format!("{}/{kind}/{reference}", repo_path(&r)?);
+                    (r, p)
+                }
+                (None, None) => return Err(CliError::usage("give --repository or --image")),
+            };
+            let c = registry_client(&registry, &repo, "metadata_read").await?;
+            print(&c.call(Method::GET, &path, None).await?, out, &[]);
+        }
+        RepositoryCommand::Delete { registry, target } => {
+            let (repo, path) = match (&target.repository, &target.image) {
+                (Some(r), _) => (r.clone(), repo_path(r)?),
+                (None, Some(i)) => {
+                    let (r, _, reference) = image(i)?;
+                    let p = format!("{}/_manifests/{reference}", repo_path(&r)?);
+                    (r, p)
+                }
+                (None, None) => return Err(CliError::usage("give --repository or --image")),
+            };
+            let c = registry_client(&registry, &repo, "delete").await?;
+            print(&c.call(Method::DELETE, &path, None).await?, out, &[]);
+        }
+        RepositoryCommand::Untag { registry, image: text } => {
+            let (repo, kind, tag) = image(&text)?;
+            if kind != "_tags" {
+                return Err(CliError::usage("untag takes --image <repository>:<tag>"));
+            }
+            let c = registry_client(&registry, &repo, "metadata_write").await?;
+            print(&c.call(Method::DELETE, &format!("{}/_tags/{tag}", repo_path(&repo)?), None).await?, out, &[]);
+        }
+        RepositoryCommand::Update { registry, repository, write_enabled, delete_enabled, read_enabled, list_enabled } => {
+            let body = json!({
+                "writeEnabled": write_enabled, "deleteEnabled": delete_enabled,
+                "readEnabled": read_enabled, "listEnabled": list_enabled,
+            });
+            let body = Value::Object(body.as_object().map(|m| m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default());
+            let c = registry_client(&registry, &repository, "metadata_write").await?;
+            print(&c.call(Method::PATCH, &repo_path(&repository)?, Some(body)).await?, out, &[]);
+        }
+    }
+    Ok(())
 }
 
 fn admin_client(args: &ClientArgs) -> Result<AdminClient, CliError> {

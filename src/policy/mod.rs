@@ -7,6 +7,7 @@
 //! The policy never touches credentials, the network or the store: `auth` says who is
 //! calling, `route` says what is needed, the store supplies the records.
 
+pub mod attributes;
 pub mod pattern;
 pub mod scope_map;
 pub mod token;
@@ -14,8 +15,11 @@ pub mod token;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use time::OffsetDateTime;
+
 use crate::access::{Access, Action, ActionSet, Requirement, ScopeHint};
 use crate::oci::RepoName;
+pub use attributes::{Attributes, Lock};
 pub use pattern::RepoPattern;
 pub use scope_map::{MapKind, MapName, ScopeMap};
 pub use token::{Password, Slot, Status, Token, TokenName};
@@ -89,8 +93,9 @@ pub struct CatalogView {
 }
 
 impl CatalogView {
+    /// Listed iff the caller holds metadata/read and the repository is not list-locked.
     pub fn may_list(&self, repo: &RepoName) -> bool {
-        self.policy.subject_holds(&self.subject, repo).contains(Action::MetadataRead)
+        self.policy.subject_holds(&self.subject, repo).contains(Action::MetadataRead) && self.policy.attributes(repo).list_enabled
     }
 }
 
@@ -105,6 +110,30 @@ pub enum Denial {
     InsufficientScope { hints: Vec<ScopeHint>, reason: String },
     /// The caller does not hold the action; no new token can help (403 DENIED).
     Denied { reason: String },
+    /// The repository is locked against the action, for every caller (403 DENIED).
+    Locked { repo: RepoName, lock: Lock },
+}
+
+impl Denial {
+    /// Why, in words, for the audit log.
+    pub fn reason(&self) -> String {
+        match self {
+            Denial::Unauthenticated { .. } => "no credential".to_owned(),
+            Denial::InsufficientScope { reason, .. } | Denial::Denied { reason } => reason.clone(),
+            Denial::Locked { repo, lock } => format!("repository {repo} is {lock}"),
+        }
+    }
+}
+
+/// The answer of [`Policy::explain`]: allowed or not, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    pub allowed: bool,
+    pub reason: String,
+    /// The scope map consulted, if one was.
+    pub scope_map: Option<MapName>,
+    /// The pattern that granted the action, if one did.
+    pub pattern: Option<RepoPattern>,
 }
 
 /// The whole policy at one moment.
@@ -114,6 +143,7 @@ pub struct Policy {
     pub epoch: u64,
     maps: HashMap<MapName, ScopeMap>,
     tokens: HashMap<TokenName, Token>,
+    attributes: HashMap<RepoName, Attributes>,
     anonymous: Option<MapName>,
 }
 
@@ -122,7 +152,23 @@ impl Policy {
     pub fn new(epoch: u64, user_maps: Vec<ScopeMap>, tokens: Vec<Token>, anonymous: Option<MapName>) -> Policy {
         let maps = ScopeMap::system_maps().chain(user_maps).map(|m| (m.name.clone(), m)).collect();
         let tokens = tokens.into_iter().map(|t| (t.name.clone(), t)).collect();
-        Policy { epoch, maps, tokens, anonymous }
+        Policy { epoch, maps, tokens, attributes: HashMap::new(), anonymous }
+    }
+
+    /// Adds repository attributes (locks) to the snapshot.
+    pub fn with_attributes(mut self, attributes: impl IntoIterator<Item = (RepoName, Attributes)>) -> Policy {
+        self.attributes = attributes.into_iter().filter(|(_, a)| !a.is_default()).collect();
+        self
+    }
+
+    /// A repository's attributes (all enabled unless stored otherwise).
+    pub fn attributes(&self, repo: &RepoName) -> Attributes {
+        self.attributes.get(repo).copied().unwrap_or_default()
+    }
+
+    /// Repositories with a lock engaged.
+    pub fn locked_repositories(&self) -> impl Iterator<Item = (&RepoName, &Attributes)> {
+        self.attributes.iter()
     }
 
     pub fn map(&self, name: &MapName) -> Option<&ScopeMap> {
@@ -207,21 +253,23 @@ impl Policy {
                     }
                 }
             }
-            Requirement::Repository { repo, action, mount_from } => {
+            Requirement::Repository { repo, action, mount_from, locks } => {
                 if self.holdings(p, repo).contains(action) {
-                    let mount_allowed = mount_from.is_some_and(|f| self.holdings(p, f).contains(Action::ContentRead));
+                    if let Some(lock) = locks.then(|| self.attributes(repo).lock_for(action)).flatten() {
+                        return Err(Denial::Locked { repo: repo.clone(), lock });
+                    }
+                    let mount_allowed = mount_from.is_some_and(|f| {
+                        self.holdings(p, f).contains(Action::ContentRead) && self.attributes(f).read_enabled
+                    });
                     return Ok(Grant { mount_allowed, catalog: None });
                 }
                 let hints = vec![ScopeHint::Repository(repo.clone(), action)];
                 let held = self.subject_holds(&p.subject, repo).contains(action);
-                let who = match &p.subject {
-                    Subject::Token(t) => format!("token {t}"),
-                    Subject::Anonymous => "the anonymous caller".to_owned(),
-                };
                 let reason = if held {
                     format!("the session token does not carry {action} on repository {repo}")
                 } else {
-                    format!("{who} is not granted {action} on repository {repo}")
+                    // the slow path of a denial: say exactly why
+                    self.explain(&p.subject, repo, action, None).reason
                 };
                 match p.credential {
                     CredentialKind::None => Err(Denial::Unauthenticated { hints }),
@@ -231,6 +279,68 @@ impl Policy {
             }
         }
     }
+
+    /// The one grant not tied to a request: finishing, at startup, an untag that an
+    /// authorized caller began and a stop interrupted. It only restores what that untag
+    /// removed (the journaled manifest and its other tags).
+    pub(crate) fn grant_untag_recovery(&self) -> Grant {
+        Grant { mount_allowed: false, catalog: None }
+    }
+
+    /// Why `subject` may or may not do `action` on `repo` now. With `now`, a token's
+    /// passwords are checked too (a token with no valid password can do nothing).
+    pub fn explain(&self, subject: &Subject, repo: &RepoName, action: Action, now: Option<OffsetDateTime>) -> Explanation {
+        let deny = |reason: String, scope_map: Option<MapName>| Explanation { allowed: false, reason, scope_map, pattern: None };
+        let (map_name, who) = match subject {
+            Subject::Token(name) => {
+                let Some(t) = self.tokens.get(name) else { return deny(format!("token {name} does not exist"), None) };
+                if t.status == Status::Disabled {
+                    return deny(format!("token {name} is disabled"), Some(t.scope_map.clone()));
+                }
+                if let Some(now) = now {
+                    if t.passwords().all(|(_, p)| p.expired(now)) {
+                        let detail: Vec<String> = Slot::BOTH
+                            .iter()
+                            .map(|s| match t.password(*s) {
+                                Some(p) => format!("{} expired at {}", s.as_str(), p.expiry.map(rfc3339).unwrap_or_default()),
+                                None => format!("{} is not set", s.as_str()),
+                            })
+                            .collect();
+                        return deny(format!("token {name} has no valid password ({})", detail.join(", ")), Some(t.scope_map.clone()));
+                    }
+                }
+                (t.scope_map.clone(), format!("token {name}"))
+            }
+            Subject::Anonymous => match &self.anonymous {
+                Some(m) => (m.clone(), "the anonymous caller".to_owned()),
+                None => return deny("anonymous access is off (no anonymous scope map is set)".to_owned(), None),
+            },
+        };
+        let Some(map) = self.maps.get(&map_name) else {
+            return deny(format!("scope map {map_name} of {who} does not exist"), Some(map_name));
+        };
+        let Some(pattern) = map.granting_pattern(repo, action) else {
+            return deny(format!("scope map {map_name} of {who} has no pattern granting {action} on repository {repo}"), Some(map_name));
+        };
+        if let Some(lock) = self.attributes(repo).lock_for(action) {
+            return Explanation {
+                allowed: false,
+                reason: format!("repository {repo} is {lock}"),
+                scope_map: Some(map_name),
+                pattern: Some(pattern),
+            };
+        }
+        Explanation {
+            allowed: true,
+            reason: format!("scope map {map_name} of {who} grants {action} on repository {repo} through pattern {pattern}"),
+            scope_map: Some(map_name),
+            pattern: Some(pattern),
+        }
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -134,6 +134,21 @@ impl ScopeMap {
         held
     }
 
+    /// The pattern that grants `action` on `repo`: the exact name first, then the deepest
+    /// prefix, then `*`.
+    pub fn granting_pattern(&self, repo: &RepoName, action: Action) -> Option<RepoPattern> {
+        let ix = &self.index;
+        if ix.exact.get(repo).is_some_and(|a| a.contains(action)) {
+            return Some(RepoPattern::Exact(repo.clone()));
+        }
+        for anc in repo.ancestors() {
+            if ix.prefix.get(anc).is_some_and(|a| a.contains(action)) {
+                return RepoName::parse(anc).ok().map(RepoPattern::Prefix);
+            }
+        }
+        ix.any.contains(action).then_some(RepoPattern::Any)
+    }
+
     /// Adds actions on a pattern (union with what is there).
     pub fn add(&mut self, pattern: RepoPattern, actions: ActionSet) {
         let e = self.rules.entry(pattern).or_default();

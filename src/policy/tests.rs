@@ -28,7 +28,7 @@ fn session(access: Access) -> Principal {
 }
 
 fn repo_need(repo: &RepoName, action: Action) -> Requirement<'_> {
-    Requirement::Repository { repo, action, mount_from: None }
+    Requirement::Repository { repo, action, mount_from: None, locks: true }
 }
 
 #[test]
@@ -84,9 +84,9 @@ fn mount_from_an_unreadable_repository_is_not_allowed() {
     let hello = n("samples/hello-world");
     let public = n("pub/base");
     let secret = n("victim/secret");
-    let g = p.decide(&basic(), Requirement::Repository { repo: &hello, action: ContentWrite, mount_from: Some(&public) }).unwrap();
+    let g = p.decide(&basic(), Requirement::Repository { repo: &hello, action: ContentWrite, mount_from: Some(&public), locks: true }).unwrap();
     assert!(g.mount_allowed());
-    let g = p.decide(&basic(), Requirement::Repository { repo: &hello, action: ContentWrite, mount_from: Some(&secret) }).unwrap();
+    let g = p.decide(&basic(), Requirement::Repository { repo: &hello, action: ContentWrite, mount_from: Some(&secret), locks: true }).unwrap();
     assert!(!g.mount_allowed());
 }
 

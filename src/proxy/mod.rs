@@ -65,6 +65,23 @@ impl Upstream {
         self.client.request(req).await.map_err(|e| transport_failure(&e))
     }
 
+    /// A request of the gateway's own to the registry, made for an authorized caller (the
+    /// repository API); it too demands a [`Grant`].
+    pub(crate) async fn call(
+        &self,
+        _grant: &Grant,
+        method: http::Method,
+        target: &str,
+        headers: &[(header::HeaderName, &str)],
+        body: Body,
+    ) -> Result<Response<hyper::body::Incoming>, Rejection> {
+        let mut req = Request::builder().method(method).uri(format!("{}{target}", self.origin));
+        for (k, v) in headers {
+            req = req.header(k, *v);
+        }
+        self.send(req.body(body).map_err(|e| Rejection::internal(format!("cannot build an upstream request: {e}")))?).await
+    }
+
     /// Forwards an authorized request and returns the registry's answer, streaming.
     pub async fn forward<B>(&self, req: Request<B>, route: &Route, grant: &Grant) -> Result<Response<Body>, Rejection>
     where
@@ -87,9 +104,8 @@ impl Upstream {
             stream(body)
         };
         headers::to_upstream(&mut parts.headers);
-        parts.uri = format!("{}{}", self.origin, route.upstream_target(grant.mount_allowed()))
-            .parse()
-            .map_err(|e| Rejection::internal(format!("cannot build the upstream URI: {e}")))?;
+        let target = route.upstream_target(grant.mount_allowed()).ok_or_else(|| Rejection::internal("this endpoint is not forwarded"))?;
+        parts.uri = format!("{}{target}", self.origin).parse().map_err(|e| Rejection::internal(format!("cannot build the upstream URI: {e}")))?;
         parts.version = http::Version::HTTP_11;
         let resp = self.send(Request::from_parts(parts, body)).await?;
         let (mut parts, body) = resp.into_parts();

@@ -1,4 +1,5 @@
-//! Route classification: the only parser of `/v2` request targets. `classify` turns method,
+//! Route classification: the only parser of request targets on the public listener: the
+//! registry API under `/v2` and scopegate's own repository API under `/scopegate/v1`. `classify` turns method,
 //! path, query and content type into a typed [`Route`] (which endpoint, which repository,
 //! which reference) or a rejection that says what was wrong. The path forwarded upstream is
 //! rebuilt from the parsed parts ([`Route::upstream_target`]), never copied from the client.
@@ -68,6 +69,31 @@ pub enum Endpoint {
     Upload { repo: RepoName, id: UploadId, state: Option<String>, digest: Option<Digest> },
     /// `GET /v2/<name>/referrers/<digest>` (OCI 1.1)
     Referrers { repo: RepoName, digest: Digest, artifact_type: Option<String> },
+    /// scopegate's repository API, `/scopegate/v1/<name>[/...]` (served by the gateway).
+    Repository { repo: RepoName, op: RepoOp },
+}
+
+/// Operations of the repository API (what `az acr repository` does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepoOp {
+    /// `GET /scopegate/v1/<name>`: attributes and counts.
+    Show,
+    /// `PATCH /scopegate/v1/<name>`: change attributes (locks).
+    Update,
+    /// `DELETE /scopegate/v1/<name>`: delete every tagged manifest.
+    Delete,
+    /// `GET /scopegate/v1/<name>/_tags`
+    Tags,
+    /// `GET /scopegate/v1/<name>/_tags/<tag>`
+    ShowTag(Tag),
+    /// `DELETE /scopegate/v1/<name>/_tags/<tag>`: remove the tag, keep the manifest.
+    Untag(Tag),
+    /// `GET /scopegate/v1/<name>/_manifests`
+    Manifests,
+    /// `GET /scopegate/v1/<name>/_manifests/<reference>`
+    ShowManifest(Reference),
+    /// `DELETE /scopegate/v1/<name>/_manifests/<reference>`: delete the manifest (and its tags).
+    DeleteManifest(Reference),
 }
 
 /// The closed set of endpoint kinds, for metrics labels and logs.
@@ -81,6 +107,7 @@ pub enum EndpointKind {
     StartUpload,
     Upload,
     Referrers,
+    RepositoryApi,
 }
 
 impl EndpointKind {
@@ -94,6 +121,7 @@ impl EndpointKind {
             EndpointKind::StartUpload => "upload_start",
             EndpointKind::Upload => "upload",
             EndpointKind::Referrers => "referrers",
+            EndpointKind::RepositoryApi => "repository_api",
         }
     }
 }
@@ -109,6 +137,7 @@ impl Route {
             Endpoint::StartUpload { .. } => EndpointKind::StartUpload,
             Endpoint::Upload { .. } => EndpointKind::Upload,
             Endpoint::Referrers { .. } => EndpointKind::Referrers,
+            Endpoint::Repository { .. } => EndpointKind::RepositoryApi,
         }
     }
 
@@ -121,7 +150,8 @@ impl Route {
             | Endpoint::Blob { repo, .. }
             | Endpoint::StartUpload { repo, .. }
             | Endpoint::Upload { repo, .. }
-            | Endpoint::Referrers { repo, .. } => Some(repo),
+            | Endpoint::Referrers { repo, .. }
+            | Endpoint::Repository { repo, .. } => Some(repo),
         }
     }
 
@@ -152,20 +182,30 @@ impl Route {
             Endpoint::StartUpload { repo, mount, .. } => (repo, Action::ContentWrite, mount.as_ref().map(|x| &x.from)),
             Endpoint::Upload { repo, .. } => (repo, Action::ContentWrite, None),
             Endpoint::Referrers { repo, .. } => (repo, Action::ContentRead, None),
+            Endpoint::Repository { repo, op } => {
+                let (action, locks) = match op {
+                    // the attributes themselves must stay readable and changeable when locked
+                    RepoOp::Show => (Action::MetadataRead, false),
+                    RepoOp::Update => (Action::MetadataWrite, false),
+                    RepoOp::Tags | RepoOp::ShowTag(_) | RepoOp::Manifests | RepoOp::ShowManifest(_) => (Action::MetadataRead, true),
+                    RepoOp::Untag(_) => (Action::MetadataWrite, true),
+                    RepoOp::Delete | RepoOp::DeleteManifest(_) => (Action::ContentDelete, true),
+                };
+                return Requirement::Repository { repo, action, mount_from: None, locks };
+            }
         };
-        Requirement::Repository { repo, action, mount_from }
+        Requirement::Repository { repo, action, mount_from, locks: true }
     }
 
     /// Path and query to send upstream, rebuilt from the parsed parts. `mount_allowed` says
     /// whether the policy let `mount`/`from` through; when it did not, they are left out and
-    /// the request becomes a plain upload start. The catalog is paged by the gateway itself
-    /// and built by the proxy, not here.
-    pub fn upstream_target(&self, mount_allowed: bool) -> String {
+    /// the request becomes a plain upload start. `None` for what the gateway answers itself
+    /// (the base route, the catalog, the repository API).
+    pub fn upstream_target(&self, mount_allowed: bool) -> Option<String> {
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         let n_text;
         let path = match &self.endpoint {
-            Endpoint::Base => "/v2/".to_owned(),
-            Endpoint::Catalog { .. } => "/v2/_catalog".to_owned(),
+            Endpoint::Base | Endpoint::Catalog { .. } | Endpoint::Repository { .. } => return None,
             Endpoint::Tags { repo, page } => {
                 n_text = page.n.map(|n| n.to_string());
                 if let Some(n) = &n_text {
@@ -208,9 +248,9 @@ impl Route {
             }
         };
         if pairs.is_empty() {
-            path
+            Some(path)
         } else {
-            format!("{path}?{}", query::encode(pairs))
+            Some(format!("{path}?{}", query::encode(pairs)))
         }
     }
 }
@@ -224,12 +264,15 @@ pub fn classify(
     limits: PageLimits,
 ) -> Result<Route, Rejection> {
     check_path_bytes(path)?;
-    let Some(rest) = path.strip_prefix("/v2/") else {
-        return Err(Rejection::not_found(Code::Unsupported, "no registry endpoint at this path (the API root is /v2/)"));
-    };
     check_body_type(content_type)?;
     let q = query::Query::parse(raw_query)?;
-    let endpoint = match_endpoint(rest, &q, limits)?;
+    let endpoint = if let Some(rest) = path.strip_prefix(REPOSITORY_API) {
+        match_repository_api(method, rest)?
+    } else if let Some(rest) = path.strip_prefix("/v2/") {
+        match_endpoint(rest, &q, limits)?
+    } else {
+        return Err(Rejection::not_found(Code::Unsupported, "no registry endpoint at this path (the API root is /v2/)"));
+    };
     let allowed = allowed_methods(&endpoint);
     if !allowed.split(", ").any(|m| m == method.as_str()) {
         let msg = if matches!(endpoint, Endpoint::Upload { .. }) && *method == Method::POST {
@@ -257,7 +300,45 @@ fn allowed_methods(e: &Endpoint) -> &'static str {
         Endpoint::Blob { .. } => "GET, HEAD, DELETE",
         Endpoint::StartUpload { .. } => "POST",
         Endpoint::Upload { .. } => "GET, HEAD, PATCH, PUT, DELETE",
+        Endpoint::Repository { op, .. } => match op {
+            RepoOp::Show | RepoOp::Update | RepoOp::Delete => "GET, PATCH, DELETE",
+            RepoOp::Tags | RepoOp::Manifests => "GET",
+            RepoOp::ShowTag(_) | RepoOp::Untag(_) | RepoOp::ShowManifest(_) | RepoOp::DeleteManifest(_) => "GET, DELETE",
+        },
     }
+}
+
+/// Prefix of scopegate's repository API.
+pub const REPOSITORY_API: &str = "/scopegate/v1/";
+
+/// `/scopegate/v1/<name>[/_tags[/<tag>]|/_manifests[/<reference>]]`. Name components never
+/// start with `_`, so the first `_` segment ends the name. The method picks the operation.
+fn match_repository_api(method: &Method, rest: &str) -> Result<Endpoint, Rejection> {
+    let segs: Vec<&str> = rest.split('/').collect();
+    let cut = segs.iter().position(|s| s.starts_with('_')).unwrap_or(segs.len());
+    let name_len: usize = segs.iter().take(cut).map(|s| s.len() + 1).sum();
+    let repo = repo(rest.get(..name_len.saturating_sub(1)).unwrap_or_default())?;
+    let tail: Vec<&str> = segs.iter().skip(cut).copied().collect();
+    let m = |get: RepoOp, other: Option<RepoOp>| if *method == Method::GET { get } else { other.unwrap_or(get) };
+    let op = match tail.as_slice() {
+        [] => match *method {
+            Method::PATCH => RepoOp::Update,
+            Method::DELETE => RepoOp::Delete,
+            _ => RepoOp::Show,
+        },
+        ["_tags"] => RepoOp::Tags,
+        ["_tags", tag] => {
+            let t = Tag::parse(tag).map_err(grammar)?;
+            m(RepoOp::ShowTag(t.clone()), (*method == Method::DELETE).then_some(RepoOp::Untag(t)))
+        }
+        ["_manifests"] => RepoOp::Manifests,
+        ["_manifests", reference] => {
+            let r = Reference::parse(reference).map_err(grammar)?;
+            m(RepoOp::ShowManifest(r.clone()), (*method == Method::DELETE).then_some(RepoOp::DeleteManifest(r)))
+        }
+        _ => return Err(no_route("no repository API endpoint at this path")),
+    };
+    Ok(Endpoint::Repository { repo, op })
 }
 
 /// Only the bytes registry routes are made of; this also refuses every `%`, `\`, space,

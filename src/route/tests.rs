@@ -62,7 +62,8 @@ fn every_endpoint_classifies_and_rebuilds() {
             Requirement::Authenticated | Requirement::Catalog => "",
         };
         assert_eq!(got_action, action, "{m} {target}");
-        assert_eq!(r.upstream_target(true), upstream, "{m} {target}");
+        let want = if matches!(kind, EndpointKind::Base | EndpointKind::Catalog) { None } else { Some(upstream) };
+        assert_eq!(r.upstream_target(true), want, "{m} {target}");
     }
 }
 
@@ -74,12 +75,13 @@ fn mount_needs_both_parameters_and_is_stripped_unless_allowed() {
         Requirement::Repository { mount_from: Some(f), .. } => assert_eq!(f.as_str(), "pub/base"),
         other => panic!("{other:?}"),
     }
-    assert!(r.upstream_target(true).contains("mount=") && r.upstream_target(true).contains("from=pub%2Fbase"));
-    assert_eq!(r.upstream_target(false), "/v2/mine/blobs/uploads/");
+    let with = r.upstream_target(true).unwrap();
+    assert!(with.contains("mount=") && with.contains("from=pub%2Fbase"), "{with}");
+    assert_eq!(r.upstream_target(false).unwrap(), "/v2/mine/blobs/uploads/");
     // `from` without `mount` (or the reverse) is not a mount and is never forwarded
     let r = classify_str("POST", "/v2/mine/blobs/uploads/?from=victim/secret").unwrap();
     assert!(matches!(r.requirement(), Requirement::Repository { mount_from: None, .. }));
-    assert_eq!(r.upstream_target(true), "/v2/mine/blobs/uploads/");
+    assert_eq!(r.upstream_target(true).unwrap(), "/v2/mine/blobs/uploads/");
 }
 
 /// (method, target, status, code)
@@ -167,4 +169,43 @@ fn page_size_is_clamped() {
     }
     let r = classify_str("GET", "/v2/_catalog?n=0").unwrap();
     assert!(matches!(r.endpoint, Endpoint::Catalog { page: Page { n: Some(0), .. } }));
+}
+
+#[test]
+fn repository_api_routes_classify_with_their_actions() {
+    // (method, target, action, locks enforced)
+    let cases = [
+        ("GET", "/scopegate/v1/samples/hello-world", "metadata/read", false),
+        ("PATCH", "/scopegate/v1/samples/hello-world", "metadata/write", false),
+        ("DELETE", "/scopegate/v1/samples/hello-world", "content/delete", true),
+        ("GET", "/scopegate/v1/samples/hello-world/_tags", "metadata/read", true),
+        ("GET", "/scopegate/v1/samples/hello-world/_tags/v1", "metadata/read", true),
+        ("DELETE", "/scopegate/v1/samples/hello-world/_tags/v1", "metadata/write", true),
+        ("GET", "/scopegate/v1/samples/hello-world/_manifests", "metadata/read", true),
+        ("DELETE", "/scopegate/v1/samples/hello-world/_manifests/v1", "content/delete", true),
+        ("GET", "/scopegate/v1/a/tags/_tags", "metadata/read", true),
+    ];
+    for (m, target, action, enforce) in cases {
+        let r = classify_str(m, target).unwrap_or_else(|e| panic!("{m} {target}: {e:?}"));
+        match r.requirement() {
+            Requirement::Repository { action: a, locks, .. } => assert_eq!((a.as_str(), locks), (action, enforce), "{m} {target}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.upstream_target(true), None, "never forwarded as is");
+    }
+    assert_eq!(classify_str("GET", "/scopegate/v1/a/tags/_tags").unwrap().repo().unwrap().as_str(), "a/tags");
+    for (m, target, status) in [
+        ("GET", "/scopegate/v1/", StatusCode::BAD_REQUEST),
+        ("GET", "/scopegate/v1/_tags", StatusCode::BAD_REQUEST),
+        ("GET", "/scopegate/v1/a/_other", StatusCode::NOT_FOUND),
+        ("GET", "/scopegate/v1/a/_tags/v1/x", StatusCode::NOT_FOUND),
+        ("POST", "/scopegate/v1/a", StatusCode::METHOD_NOT_ALLOWED),
+        ("PATCH", "/scopegate/v1/a/_tags", StatusCode::METHOD_NOT_ALLOWED),
+        ("GET", "/scopegate/v1/a/_manifests/sha256:zz", StatusCode::BAD_REQUEST),
+        ("GET", "/scopegate/v1/A/_tags", StatusCode::BAD_REQUEST),
+        ("GET", "/scopegate/v1/a%2Fb/_tags", StatusCode::BAD_REQUEST),
+    ] {
+        let e = classify_str(m, target).unwrap_err();
+        assert_eq!(e.status, status, "{m} {target}: {}", e.message);
+    }
 }

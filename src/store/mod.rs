@@ -10,7 +10,8 @@ pub mod sqlite;
 
 use time::OffsetDateTime;
 
-use crate::policy::{MapName, ScopeMap, Token, TokenName};
+use crate::oci::{Digest, RepoName, Tag};
+use crate::policy::{Attributes, MapName, ScopeMap, Token, TokenName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,6 +34,25 @@ pub struct PolicyRecords {
     pub epoch: u64,
     pub maps: Vec<ScopeMap>,
     pub tokens: Vec<Token>,
+    /// Repositories with stored attributes.
+    pub attributes: Vec<(RepoName, Attributes)>,
+    /// The anonymous scope map set at runtime: `None` if never set (the configuration then
+    /// decides), `Some(None)` if explicitly switched off.
+    pub anonymous: Option<Option<MapName>>,
+}
+
+/// An untag in progress on a registry that cannot remove a single tag: the manifest is
+/// deleted and put back without the tag; the journal holds what is needed to put it back
+/// if the gateway stops half-way.
+#[derive(Debug, Clone)]
+pub struct UntagJournal {
+    pub id: i64,
+    pub repo: RepoName,
+    pub digest: Digest,
+    pub media_type: String,
+    pub manifest: Vec<u8>,
+    /// Tags to put back on the manifest (every tag it had but the removed one).
+    pub keep_tags: Vec<Tag>,
 }
 
 /// A stored signing key (PKCS#8, private).
@@ -55,6 +75,16 @@ pub trait Store: Send + Sync + 'static {
     fn create_token(&self, token: &Token, own_map: Option<&ScopeMap>) -> Result<(), StoreError>;
     fn update_token(&self, token: &Token) -> Result<(), StoreError>;
     fn delete_token(&self, name: &TokenName) -> Result<(), StoreError>;
+
+    /// Stores a repository's attributes (default attributes remove the record).
+    fn set_attributes(&self, repo: &RepoName, attributes: &Attributes) -> Result<(), StoreError>;
+    /// Sets the anonymous scope map (`None`: anonymous access off).
+    fn set_anonymous(&self, map: Option<&MapName>) -> Result<(), StoreError>;
+
+    /// Records an untag before it starts; returns its id.
+    fn begin_untag(&self, j: &UntagJournal) -> Result<i64, StoreError>;
+    fn finish_untag(&self, id: i64) -> Result<(), StoreError>;
+    fn pending_untags(&self) -> Result<Vec<UntagJournal>, StoreError>;
 
     fn signing_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
     fn add_signing_key(&self, key: &KeyRecord) -> Result<(), StoreError>;

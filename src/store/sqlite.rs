@@ -11,9 +11,10 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use time::OffsetDateTime;
 
-use super::{KeyRecord, PolicyRecords, Store, StoreError};
+use super::{KeyRecord, PolicyRecords, Store, StoreError, UntagJournal};
 use crate::access::{Action, ActionSet};
-use crate::policy::{MapName, Password, RepoPattern, ScopeMap, Slot, Status, Token, TokenName};
+use crate::oci::{Digest, RepoName, Tag};
+use crate::policy::{Attributes, MapName, Password, RepoPattern, ScopeMap, Slot, Status, Token, TokenName};
 
 /// Migrations in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[r#"
@@ -50,7 +51,28 @@ CREATE TABLE signing_keys (
     created_at INTEGER NOT NULL
 );
 INSERT INTO settings (key, value) VALUES ('epoch', CAST(0 AS BLOB));
+"#, r#"
+CREATE TABLE repositories (
+    name TEXT PRIMARY KEY,
+    read_enabled INTEGER NOT NULL,
+    write_enabled INTEGER NOT NULL,
+    delete_enabled INTEGER NOT NULL,
+    list_enabled INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE untag_journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    repo TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    manifest BLOB NOT NULL,
+    keep_tags TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
 "#];
+
+/// Settings key of the anonymous scope map ("" = explicitly none).
+const ANONYMOUS_KEY: &str = "anonymous_scope_map";
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -231,7 +253,28 @@ impl Store for SqliteStore {
                 }
                 tokens.push(t);
             }
-            Ok(PolicyRecords { epoch, maps, tokens })
+            let mut attributes = Vec::new();
+            let mut st = c.prepare("SELECT name, read_enabled, write_enabled, delete_enabled, list_enabled FROM repositories").map_err(backend)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, bool>(2)?, r.get::<_, bool>(3)?, r.get::<_, bool>(4)?))
+                })
+                .map_err(backend)?;
+            for row in rows {
+                let (name, read_enabled, write_enabled, delete_enabled, list_enabled) = row.map_err(backend)?;
+                let repo = RepoName::parse(&name).map_err(backend)?;
+                attributes.push((repo, Attributes { read_enabled, write_enabled, delete_enabled, list_enabled }));
+            }
+            let anonymous = c
+                .query_row("SELECT value FROM settings WHERE key = ?1", [ANONYMOUS_KEY], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+                .map_err(backend)?
+                .map(|v| {
+                    let name = String::from_utf8(v).map_err(backend)?;
+                    if name.is_empty() { Ok(None) } else { MapName::parse(&name).map(Some).map_err(backend) }
+                })
+                .transpose()?;
+            Ok(PolicyRecords { epoch, maps, tokens, attributes, anonymous })
         })
     }
 
@@ -313,6 +356,74 @@ impl Store for SqliteStore {
                 return Err(StoreError::NotFound(format!("token {name}")));
             }
             Ok(())
+        })
+    }
+
+    fn set_attributes(&self, repo: &RepoName, a: &Attributes) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            if a.is_default() {
+                tx.execute("DELETE FROM repositories WHERE name = ?1", [repo.as_str()]).map_err(backend)?;
+            } else {
+                tx.execute(
+                    "INSERT INTO repositories (name, read_enabled, write_enabled, delete_enabled, list_enabled, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, strftime('%s','now'))
+                     ON CONFLICT (name) DO UPDATE SET read_enabled = ?2, write_enabled = ?3, delete_enabled = ?4,
+                         list_enabled = ?5, updated_at = strftime('%s','now')",
+                    params![repo.as_str(), a.read_enabled, a.write_enabled, a.delete_enabled, a.list_enabled],
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn set_anonymous(&self, map: Option<&MapName>) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let v = map.map(MapName::as_str).unwrap_or("");
+            tx.execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2", params![ANONYMOUS_KEY, v.as_bytes()])
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn begin_untag(&self, j: &UntagJournal) -> Result<i64, StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| backend("store lock poisoned"))?;
+        let tx = conn.transaction().map_err(backend)?;
+        let tags: Vec<&str> = j.keep_tags.iter().map(Tag::as_str).collect();
+        tx.execute(
+            "INSERT INTO untag_journal (repo, digest, media_type, manifest, keep_tags, created_at) VALUES (?1, ?2, ?3, ?4, ?5, strftime('%s','now'))",
+            params![j.repo.as_str(), j.digest.as_str(), j.media_type, j.manifest, tags.join(" ")],
+        )
+        .map_err(backend)?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(backend)?;
+        Ok(id)
+    }
+
+    fn finish_untag(&self, id: i64) -> Result<(), StoreError> {
+        self.read(|c| c.execute("DELETE FROM untag_journal WHERE id = ?1", [id]).map(|_| ()).map_err(backend))
+    }
+
+    fn pending_untags(&self) -> Result<Vec<UntagJournal>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT id, repo, digest, media_type, manifest, keep_tags FROM untag_journal ORDER BY id").map_err(backend)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, Vec<u8>>(4)?, r.get::<_, String>(5)?))
+                })
+                .map_err(backend)?;
+            rows.map(|row| {
+                let (id, repo, digest, media_type, manifest, tags) = row.map_err(backend)?;
+                Ok(UntagJournal {
+                    id,
+                    repo: RepoName::parse(&repo).map_err(backend)?,
+                    digest: Digest::parse(&digest).map_err(backend)?,
+                    media_type,
+                    manifest,
+                    keep_tags: tags.split(' ').filter(|t| !t.is_empty()).map(Tag::parse).collect::<Result<_, _>>().map_err(backend)?,
+                })
+            })
+            .collect()
         })
     }
 
