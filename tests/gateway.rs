@@ -78,7 +78,7 @@ async fn token_endpoint_unions_scopes_and_answers_in_the_docker_shape() {
     let token = v["token"].as_str().unwrap();
     let auth = format!("Bearer {token}");
     // push and pull both granted on hello-world (union of two scope entries), pull only on other
-    assert_eq!(h.v2("PUT", &format!("/v2/{HELLO}/manifests/v1"), &[("authorization", &auth)]).await.status, StatusCode::OK);
+    assert_eq!(h.v2("PUT", &format!("/v2/{HELLO}/manifests/v1"), &[("authorization", &auth)]).await.status, StatusCode::CREATED);
     assert_eq!(h.v2("GET", &format!("/v2/{HELLO}/tags/list"), &[("authorization", &auth)]).await.status, StatusCode::OK);
     assert_eq!(h.v2("GET", "/v2/other/manifests/v1", &[("authorization", &auth)]).await.status, StatusCode::OK);
     let r = h.v2("PUT", "/v2/other/manifests/v1", &[("authorization", &auth)]).await;
@@ -169,7 +169,7 @@ async fn editing_a_scope_map_bites_on_the_next_request_even_with_a_bearer_token(
     let tok = h.session("ci", &pw, &["repository:samples/hello-world:pull,push"]).await;
     let auth = format!("Bearer {tok}");
     let target = format!("/v2/{HELLO}/manifests/v1");
-    assert_eq!(h.v2("PUT", &target, &[("authorization", &auth)]).await.status, StatusCode::OK);
+    assert_eq!(h.v2("PUT", &target, &[("authorization", &auth)]).await.status, StatusCode::CREATED);
     let r = h
         .admin("PATCH", "/api/v1/scope-maps/ci-map", Some(json!({"removeRepositories": [{"repository": HELLO, "actions": ["content/write"]}]})))
         .await;
@@ -445,4 +445,233 @@ async fn token_create_with_repositories_makes_its_own_scope_map() {
     assert_eq!(shown["credentials"]["passwords"][0]["expiry"], v["credentials"]["passwords"][0]["expiry"]);
     let m = h.admin("GET", "/api/v1/scope-maps/MyToken-scope-map", None).await.json();
     assert_eq!(m["actions"], json!(["repositories/samples/hello-world/content/read"]));
+}
+
+// === token lifecycle, locks, anonymous access, explain (time is moved, never slept) ===
+
+fn lock_body(attr: &str, on: bool) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert(attr.into(), json!(on));
+    serde_json::Value::Object(m)
+}
+
+#[tokio::test]
+async fn an_expiring_password_stops_working_at_its_expiry() {
+    let h = Harness::start().await;
+    h.token("ci", &[(HELLO, &["content/read"])]).await;
+    let r = h.admin("POST", "/api/v1/tokens/ci/credentials", Some(json!({"password1": true, "expirationInDays": 1}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let pw = r.json()["passwords"][0]["value"].as_str().unwrap().to_owned();
+    let target = format!("/v2/{HELLO}/manifests/v1");
+    let tok = h.session("ci", &pw, &["repository:samples/hello-world:pull"]).await;
+    assert_eq!(h.v2("GET", &target, &[("authorization", &basic("ci", &pw))]).await.status, StatusCode::OK);
+    h.gw.state.clock.advance(std::time::Duration::from_secs(24 * 3600 - 60));
+    assert_eq!(h.v2("GET", &target, &[("authorization", &basic("ci", &pw))]).await.status, StatusCode::OK, "a minute before expiry");
+    h.gw.state.clock.advance(std::time::Duration::from_secs(61));
+    let r = h.v2("GET", "/token?service=scopegate", &[("authorization", &basic("ci", &pw))]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.text().contains("password1 of token ci expired at"), "{}", r.text());
+    let r = h.v2("GET", &target, &[("authorization", &basic("ci", &pw))]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.text().contains("expired at"), "{}", r.text());
+    // a session earned before the expiry dies with the password
+    let r = h.v2("GET", &target, &[("authorization", &format!("Bearer {tok}"))]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("www-authenticate").contains("error=\"invalid_token\""));
+}
+
+#[tokio::test]
+async fn token_update_scope_map_changes_what_a_live_session_can_do() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read", "content/write"])]).await;
+    let r = h.admin("POST", "/api/v1/scope-maps", Some(json!({"name": "read-only", "repositories": [{"repository": HELLO, "actions": ["content/read"]}]}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let tok = h.session("ci", &pw, &["repository:samples/hello-world:pull,push"]).await;
+    let auth = format!("Bearer {tok}");
+    let upload = format!("/v2/{HELLO}/blobs/uploads/");
+    assert_eq!(h.v2("POST", &upload, &[("authorization", &auth)]).await.status, StatusCode::ACCEPTED);
+    assert_eq!(h.admin("PATCH", "/api/v1/tokens/ci", Some(json!({"scopeMap": "read-only"}))).await.status, StatusCode::OK);
+    h.upstream.clear();
+    assert_eq!(h.v2("POST", &upload, &[("authorization", &auth)]).await.status, StatusCode::UNAUTHORIZED);
+    assert!(h.upstream.seen().is_empty());
+    assert_eq!(h.v2("GET", &format!("/v2/{HELLO}/manifests/v1"), &[("authorization", &auth)]).await.status, StatusCode::OK);
+    assert_eq!(h.admin("PATCH", "/api/v1/tokens/ci", Some(json!({"scopeMap": "ci-map"}))).await.status, StatusCode::OK);
+    assert_eq!(h.v2("POST", &upload, &[("authorization", &auth)]).await.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn repository_locks_bind_every_caller_including_admin_tokens() {
+    let h = Harness::start().await;
+    let r = h.admin("POST", "/api/v1/tokens", Some(json!({"name": "root", "scopeMap": "_repositories_admin"}))).await;
+    let pw = r.json()["credentials"]["passwords"][0]["value"].as_str().unwrap().to_owned();
+    let auth = basic("root", &pw);
+    let api = format!("/scopegate/v1/{HELLO}");
+    let cases: [(&str, &str, String); 4] = [
+        ("writeEnabled", "PUT", format!("/v2/{HELLO}/manifests/v1")),
+        ("readEnabled", "GET", format!("/v2/{HELLO}/manifests/v1")),
+        ("deleteEnabled", "DELETE", format!("/v2/{HELLO}/manifests/{}", support::DIGEST)),
+        ("listEnabled", "GET", format!("/v2/{HELLO}/tags/list")),
+    ];
+    for (attr, method, target) in &cases {
+        let r = h.request("PATCH", &format!("{}{api}", h.public()), &[("authorization", &auth)], lock_body(attr, false).to_string().as_bytes()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.json()["changeableAttributes"][attr], false);
+        h.upstream.clear();
+        let r = h.v2(method, target, &[("authorization", &auth)]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{attr}: {method} {target}");
+        assert_eq!(r.json()["errors"][0]["code"], "DENIED");
+        assert!(r.json()["errors"][0]["message"].as_str().unwrap().contains(&format!("{attr}: false")), "{}", r.text());
+        assert!(h.upstream.seen().is_empty(), "{attr}");
+        // the attributes stay readable while locked
+        let shown = h.v2("GET", &api, &[("authorization", &auth)]).await;
+        assert_eq!(shown.status, StatusCode::OK, "{}", shown.text());
+        assert_eq!(shown.json()["changeableAttributes"][attr], false);
+        let r = h.request("PATCH", &format!("{}{api}", h.public()), &[("authorization", &auth)], lock_body(attr, true).to_string().as_bytes()).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_ne!(h.v2(method, target, &[("authorization", &auth)]).await.status, StatusCode::FORBIDDEN, "{attr} unlocked");
+    }
+}
+
+#[tokio::test]
+async fn a_list_locked_repository_leaves_the_catalog_and_a_read_locked_one_cannot_be_mounted() {
+    let h = Harness::start().await;
+    *h.upstream.repos.lock().unwrap() = vec!["a".into(), "b".into()];
+    let r = h.admin("POST", "/api/v1/tokens", Some(json!({"name": "root", "scopeMap": "_repositories_admin"}))).await;
+    let pw = r.json()["credentials"]["passwords"][0]["value"].as_str().unwrap().to_owned();
+    let auth = basic("root", &pw);
+    for (repo, attr) in [("a", "listEnabled"), ("b", "readEnabled")] {
+        let r = h.request("PATCH", &format!("{}/scopegate/v1/{repo}", h.public()), &[("authorization", &auth)], lock_body(attr, false).to_string().as_bytes()).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert_eq!(h.v2("GET", "/v2/_catalog", &[("authorization", &auth)]).await.json()["repositories"], json!(["b"]));
+    h.upstream.clear();
+    let r = h.v2("POST", &format!("/v2/a/blobs/uploads/?mount={}&from=b", support::DIGEST), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(h.upstream.seen()[0].target, "/v2/a/blobs/uploads/");
+    // locks survive a restart
+    let h = h.restart().await;
+    assert_eq!(h.v2("GET", "/v2/b/manifests/v1", &[("authorization", &auth)]).await.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn anonymous_callers_get_exactly_the_anonymous_map() {
+    let h = Harness::start().await;
+    let target = "/v2/public/base/manifests/v1";
+    assert_eq!(h.v2("GET", target, &[]).await.status, StatusCode::UNAUTHORIZED, "off by default");
+    let r = h.admin("GET", "/api/v1/anonymous", None).await;
+    assert_eq!(r.json()["scopeMap"], serde_json::Value::Null);
+    let r = h.admin("POST", "/api/v1/scope-maps", Some(json!({"name": "public-pull", "repositories": [{"repository": "public/*", "actions": ["content/read", "metadata/read"]}]}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(h.admin("PUT", "/api/v1/anonymous", Some(json!({"scopeMap": "public-pull"}))).await.status, StatusCode::OK);
+    assert_eq!(h.v2("GET", target, &[]).await.status, StatusCode::OK);
+    assert_eq!(h.v2("GET", "/v2/", &[]).await.status, StatusCode::UNAUTHORIZED, "the base route always challenges");
+    assert_eq!(h.v2("GET", "/v2/private/x/manifests/v1", &[]).await.status, StatusCode::UNAUTHORIZED);
+    // an anonymous /token request gets exactly the anonymous map's grant
+    let r = h.v2("GET", "/token?service=scopegate&scope=repository:public/base:pull,push&scope=repository:private/x:pull&scope=registry:catalog:*", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let tok = r.json()["token"].as_str().unwrap().to_owned();
+    let claims = String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, tok.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let claims: serde_json::Value = serde_json::from_str(&claims).unwrap();
+    assert_eq!(claims["sub"], "");
+    assert_eq!(claims["access"], json!([{"type": "repository", "name": "public/base", "actions": ["pull", "metadata_read"]}]));
+    let auth = format!("Bearer {tok}");
+    assert_eq!(h.v2("GET", target, &[("authorization", &auth)]).await.status, StatusCode::OK);
+    // the map in use cannot go; switching anonymous access off bites at once
+    assert_eq!(h.admin("DELETE", "/api/v1/scope-maps/public-pull", None).await.status, StatusCode::CONFLICT);
+    assert_eq!(h.admin("PUT", "/api/v1/anonymous", Some(json!({}))).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(h.admin("PUT", "/api/v1/anonymous", Some(json!({"scopeMap": "nope"}))).await.status, StatusCode::NOT_FOUND);
+    let h = h.restart().await;
+    assert_eq!(h.v2("GET", target, &[]).await.status, StatusCode::OK, "the setting survives a restart");
+    assert_eq!(h.admin("PUT", "/api/v1/anonymous", Some(json!({"scopeMap": null}))).await.status, StatusCode::OK);
+    assert_eq!(h.v2("GET", target, &[]).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.v2("GET", target, &[("authorization", &auth)]).await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn check_explains_allowed_and_each_kind_of_denial() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[("samples/*", &["content/read"])]).await;
+    let check = |q: &str| format!("/api/v1/check?{q}");
+    let r = h.admin("GET", &check("token=ci&repository=samples/a&action=content/read"), None).await.json();
+    assert_eq!((r["allowed"].as_bool(), r["scopeMap"].as_str(), r["pattern"].as_str()), (Some(true), Some("ci-map"), Some("samples/*")));
+    let r = h.admin("GET", &check("token=ci&repository=samples/a&action=content/write"), None).await.json();
+    assert_eq!(r["allowed"], false);
+    assert!(r["reason"].as_str().unwrap().contains("has no pattern granting content/write"), "{r}");
+    h.admin("PATCH", "/api/v1/tokens/ci", Some(json!({"status": "disabled"}))).await;
+    let r = h.admin("GET", &check("token=ci&repository=samples/a&action=content/read"), None).await.json();
+    assert_eq!(r["reason"], "token ci is disabled");
+    h.admin("PATCH", "/api/v1/tokens/ci", Some(json!({"status": "enabled"}))).await;
+    h.admin("PATCH", "/api/v1/scope-maps/ci-map", Some(json!({"addRepositories": [{"repository": "samples/a", "actions": ["metadata/write"]}]}))).await;
+    let r = h.request("PATCH", &format!("{}/scopegate/v1/samples/a", h.public()), &[("authorization", &basic("ci", &pw))], br#"{"readEnabled": false}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = h.admin("GET", &check("token=ci&repository=samples/a&action=content/read"), None).await.json();
+    assert_eq!(r["reason"], "repository samples/a is read-locked (readEnabled: false)");
+    let r = h.admin("POST", "/api/v1/tokens/ci/credentials", Some(json!({"expirationInDays": 1}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    h.gw.state.clock.advance(std::time::Duration::from_secs(2 * 24 * 3600));
+    let r = h.admin("GET", &check("token=ci&repository=samples/b&action=content/read"), None).await.json();
+    assert!(r["reason"].as_str().unwrap().starts_with("token ci has no valid password (password1 expired at"), "{r}");
+    let r = h.admin("GET", &check("anonymous=true&repository=samples/b&action=content/read"), None).await.json();
+    assert_eq!(r["reason"], "anonymous access is off (no anonymous scope map is set)");
+    for bad in ["token=ci&repository=samples/b", "token=ci&anonymous=true&repository=a&action=content/read", "token=ci&repository=A&action=content/read", "token=ci&repository=a&action=pull", "token=ci&repository=a&action=content/read&x=1"] {
+        assert_eq!(h.admin("GET", &check(bad), None).await.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn the_repository_api_needs_exactly_its_action() {
+    let h = Harness::start().await;
+    // (method, path, action it needs)
+    let cases = [
+        ("GET", format!("/scopegate/v1/{HELLO}"), "metadata/read"),
+        ("GET", format!("/scopegate/v1/{HELLO}/_tags"), "metadata/read"),
+        ("GET", format!("/scopegate/v1/{HELLO}/_manifests"), "metadata/read"),
+        ("GET", format!("/scopegate/v1/{HELLO}/_tags/v1"), "metadata/read"),
+        ("DELETE", format!("/scopegate/v1/{HELLO}/_manifests/v1"), "content/delete"),
+        ("DELETE", format!("/scopegate/v1/{HELLO}"), "content/delete"),
+        ("PATCH", format!("/scopegate/v1/{HELLO}"), "metadata/write"),
+    ];
+    let all = ["content/read", "content/write", "content/delete", "metadata/read", "metadata/write"];
+    for (i, (method, path, needed)) in cases.iter().enumerate() {
+        let only = format!("only{i}");
+        let pw = h.token(&only, &[(HELLO, &[needed])]).await;
+        let others: Vec<&str> = all.iter().copied().filter(|a| a != needed).collect();
+        let without = format!("without{i}");
+        let pw2 = h.token(&without, &[(HELLO, &others)]).await;
+        let body: &[u8] = if *method == "PATCH" { br#"{"writeEnabled": true}"# } else { b"" };
+        let r = h.request(method, &format!("{}{path}", h.public()), &[("authorization", &basic(&only, &pw))], body).await;
+        assert_eq!(r.status, StatusCode::OK, "{method} {path} with {needed}: {}", r.text());
+        h.upstream.clear();
+        let r = h.request(method, &format!("{}{path}", h.public()), &[("authorization", &basic(&without, &pw2))], body).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {path} without {needed}");
+        assert!(h.upstream.seen().is_empty(), "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_untag_is_finished_at_the_next_start() {
+    use scopegate::oci::{Digest, RepoName, Tag};
+    let h = Harness::start().await;
+    let journal = scopegate::store::UntagJournal {
+        id: 0,
+        repo: RepoName::parse(HELLO).unwrap(),
+        digest: Digest::parse(support::DIGEST).unwrap(),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        manifest: b"{\"schemaVersion\":2}".to_vec(),
+        keep_tags: vec![Tag::parse("v2").unwrap()],
+    };
+    h.gw.state.store.begin_untag(&journal).unwrap();
+    let h = h.restart().await;
+    // the recovery runs in the background after start: wait until the journal is empty
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !h.gw.state.store.pending_untags().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the journal was not replayed");
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let puts: Vec<String> = h.upstream.seen().into_iter().filter(|s| s.method == http::Method::PUT).map(|s| s.target).collect();
+    assert_eq!(puts, [format!("/v2/{HELLO}/manifests/{}", support::DIGEST), format!("/v2/{HELLO}/manifests/v2")]);
+    let put = h.upstream.seen().into_iter().find(|s| s.method == http::Method::PUT).unwrap();
+    assert_eq!(put.body.as_ref(), b"{\"schemaVersion\":2}");
+    assert_eq!(put.headers["content-type"], "application/vnd.oci.image.manifest.v1+json");
 }

@@ -121,7 +121,21 @@ async fn answer(req: Request<Incoming>, addr: SocketAddr, seen: &Mutex<Vec<Seen>
         resp.headers_mut().insert("location", loc.parse().unwrap());
         return resp;
     }
-    Response::new(Full::new(Bytes::from_static(b"ok")))
+    if let Some(repo) = path.strip_prefix("/v2/").and_then(|p| p.strip_suffix("/tags/list")) {
+        return Response::new(Full::new(Bytes::from(json!({"name": repo, "tags": ["v2", "v1"]}).to_string())));
+    }
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+    if path.contains("/manifests/") {
+        match parts.method {
+            Method::PUT => *resp.status_mut() = StatusCode::CREATED,
+            Method::DELETE => *resp.status_mut() = StatusCode::ACCEPTED,
+            _ => {
+                resp.headers_mut().insert("docker-content-digest", DIGEST.parse().unwrap());
+                resp.headers_mut().insert("content-type", "application/vnd.oci.image.manifest.v1+json".parse().unwrap());
+            }
+        }
+    }
+    resp
 }
 
 /// A gateway in front of a fake registry, with an HTTP client.
