@@ -44,6 +44,71 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub log: RawLog,
     pub anonymous: RawAnonymous,
+    /// External identity providers whose JWTs are accepted (`bearer:<jwt>`, `Bearer <jwt>`).
+    pub issuers: Vec<RawIssuer>,
+}
+
+/// One external issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    /// A short name for logs and session tokens.
+    pub name: String,
+    /// The exact `iss` claim.
+    pub issuer: String,
+    /// The `aud` the JWT must carry.
+    pub audience: String,
+    /// HTTPS URL of the JWKS (http:// only for loopback); or `jwks_file`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// PEM bundle to verify the JWKS server (default: the Mozilla roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accepted algorithms; each key is pinned to one of them.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Least time between two fetches caused by an unknown `kid`.
+    #[serde(default = "default_refetch")]
+    pub refetch_interval_secs: u64,
+    /// Fetched keys are refreshed after this long.
+    #[serde(default = "default_cache")]
+    pub cache_secs: u64,
+    /// Leeway on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Claims that must be present besides `iss`, `aud` and `exp`.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// The value of `{context}` in rules.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Claim rules granting scope maps; several add up, none matched grants nothing.
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+/// `claim` (a dotted path) holds `value` (a string, or an array containing it) ⇒ `scope_map`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub claim: String,
+    pub value: String,
+    pub scope_map: String,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_refetch() -> u64 {
+    60
+}
+fn default_cache() -> u64 {
+    3600
+}
+fn default_leeway() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +163,7 @@ impl Default for RawConfig {
             limits: RawLimits::default(),
             log: RawLog::default(),
             anonymous: RawAnonymous::default(),
+            issuers: Vec::new(),
         }
     }
 }
@@ -187,6 +253,111 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    Url(String),
+    File(PathBuf),
+}
+
+/// A claim rule, with `{context}` already filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRule {
+    /// Path into the claims (`realm_access.roles` is two levels).
+    pub claim: Vec<String>,
+    pub value: String,
+    pub scope_map: MapName,
+}
+
+/// A validated external issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    pub name: String,
+    pub issuer: String,
+    pub audience: String,
+    pub jwks: JwksSource,
+    pub ca_file: Option<PathBuf>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub refetch_interval: Duration,
+    pub cache_for: Duration,
+    pub leeway_secs: i64,
+    pub required_claims: Vec<String>,
+    pub rules: Vec<ClaimRule>,
+}
+
+impl RawIssuer {
+    fn validate(&self, own_issuer: &str) -> Result<IssuerSettings, ConfigError> {
+        let field = "issuers";
+        let who = &self.name;
+        if self.name.is_empty() || !self.name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
+            return Err(invalid(field, format!("issuer name {who:?} must be letters, digits, '-' or '_'")));
+        }
+        if self.issuer.is_empty() || self.issuer == own_issuer {
+            return Err(invalid(field, format!("{who}: issuer must be set and differ from token.issuer ({own_issuer:?})")));
+        }
+        if self.audience.is_empty() {
+            return Err(invalid(field, format!("{who}: audience must be set")));
+        }
+        let jwks = match (&self.jwks_url, &self.jwks_file) {
+            (Some(u), None) => {
+                let uri: Uri = u.parse().map_err(|e| invalid(field, format!("{who}: jwks_url {u:?}: {e}")))?;
+                let host = uri.host().unwrap_or_default();
+                let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1");
+                match uri.scheme_str() {
+                    Some("https") => {}
+                    Some("http") if loopback => {}
+                    _ => return Err(invalid(field, format!("{who}: jwks_url must be https:// (http:// only on loopback)"))),
+                }
+                JwksSource::Url(u.clone())
+            }
+            (None, Some(f)) => JwksSource::File(f.clone()),
+            _ => return Err(invalid(field, format!("{who}: give exactly one of jwks_url and jwks_file"))),
+        };
+        let mut algorithms = Vec::new();
+        for a in &self.algorithms {
+            let alg: jsonwebtoken::Algorithm = a.parse().map_err(|_| invalid(field, format!("{who}: unknown algorithm {a:?}")))?;
+            if matches!(alg, jsonwebtoken::Algorithm::HS256 | jsonwebtoken::Algorithm::HS384 | jsonwebtoken::Algorithm::HS512) {
+                return Err(invalid(field, format!("{who}: {a} is a shared-secret algorithm; only public-key algorithms are accepted")));
+            }
+            algorithms.push(alg);
+        }
+        if algorithms.is_empty() {
+            return Err(invalid(field, format!("{who}: algorithms must not be empty")));
+        }
+        let mut rules = Vec::new();
+        for r in &self.rules {
+            let mut value = r.value.clone();
+            if value.contains("{context}") {
+                let ctx = self.context.as_deref().ok_or_else(|| invalid(field, format!("{who}: a rule uses {{context}} but no context is set")))?;
+                value = value.replace("{context}", ctx);
+            }
+            if value.contains('{') || value.contains('}') {
+                return Err(invalid(field, format!("{who}: rule value {:?}: {{context}} is the only placeholder", r.value)));
+            }
+            let claim: Vec<String> = r.claim.split('.').map(str::to_owned).collect();
+            if claim.iter().any(String::is_empty) {
+                return Err(invalid(field, format!("{who}: invalid claim path {:?}", r.claim)));
+            }
+            let scope_map = MapName::parse(&r.scope_map).map_err(|e| invalid(field, format!("{who}: {e}")))?;
+            rules.push(ClaimRule { claim, value, scope_map });
+        }
+        let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Ok(IssuerSettings {
+            name: self.name.clone(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            jwks,
+            ca_file: self.ca_file.clone(),
+            algorithms,
+            refetch_interval: Duration::from_secs(self.refetch_interval_secs),
+            cache_for: Duration::from_secs(self.cache_secs.max(1)),
+            leeway_secs: secs(self.leeway_secs.min(300)),
+            required_claims: self.required_claims.clone(),
+            rules,
+        })
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -202,6 +373,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub anonymous_scope_map: Option<MapName>,
+    pub issuers: Vec<IssuerSettings>,
 }
 
 impl RawConfig {
@@ -281,6 +453,14 @@ impl RawConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
+        let mut issuers = Vec::new();
+        for i in &self.issuers {
+            let v = i.validate(&t.issuer)?;
+            if issuers.iter().any(|o: &IssuerSettings| o.name == v.name || o.issuer == v.issuer) {
+                return Err(invalid("issuers", format!("issuer {:?} appears twice", v.name)));
+            }
+            issuers.push(v);
+        }
         Ok(Config {
             listen: addr("listen", &self.listen)?,
             public_url: self.public_url.as_deref().map(|s| Origin::parse("public_url", s)).transpose()?,
@@ -302,6 +482,7 @@ impl RawConfig {
             log_format,
             log_level: self.log.level,
             anonymous_scope_map,
+            issuers,
         })
     }
 }

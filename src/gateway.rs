@@ -75,7 +75,7 @@ where
     let need = route.requirement();
     let credential = Credential::extract(req.headers()).map_err(|f| Rejection::auth_failed(f, need.hints()))?;
     let policy = state.policy();
-    let principal = state.auth.authenticate(&credential, &policy, state.clock.now()).map_err(|f| {
+    let principal = state.auth.authenticate(&credential, &policy, state.clock.now()).await.map_err(|f| {
         info!(target: "scopegate::audit", client = %peer, endpoint = route.kind().as_str(), method = %route.method,
               repository = route.repo().map(|r| r.as_str()).unwrap_or(""), credential = credential.kind().as_str(),
               outcome = "unauthenticated", reason = %f.reason, "decision");

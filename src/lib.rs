@@ -17,3 +17,4 @@ pub mod server;
 pub mod cli;
 pub mod clock;
 pub mod repository;
+pub mod tls;

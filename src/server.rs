@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::auth::secret::{self, Secret};
+use crate::auth::external::ExternalIssuers;
 use crate::auth::Authenticator;
 use crate::body::Body;
 use crate::config::Config;
@@ -146,12 +147,14 @@ pub async fn start_with_store(
         .map_err(|e| StartError::Other(e.to_string()))??
     };
     let issuer = Arc::new(Issuer::new(config.token.issuer.clone(), config.token.service.clone(), keys));
-    let auth = Authenticator::new(issuer).map_err(|e| StartError::Other(e.to_string()))?;
+    let external = Arc::new(ExternalIssuers::new(&config.issuers).map_err(|e| StartError::Other(e.to_string()))?);
+    external.prefetch().await;
+    let auth = Authenticator::new(issuer, external).map_err(|e| StartError::Other(e.to_string()))?;
     let upstream = Upstream::new(&config, public_origin.clone());
     let state = Arc::new(State::new(config, public_origin, auth, upstream, store, policy, digest));
 
     let recovery = Arc::clone(&state);
-    tokio::spawn(async move {
+    let recovery_task = tokio::spawn(async move {
         let _one_at_a_time = recovery.untag_lock.lock().await;
         let grant = recovery.policy().grant_untag_recovery();
         crate::repository::replay_journal(&recovery, &grant).await;
@@ -169,7 +172,7 @@ pub async fn start_with_store(
         async move { crate::admin::handle(s, req).await }
     }));
     info!(public = %public_addr, admin = %admin_addr, upstream = %state.config.upstream.as_string(), realm = %state.realm, "scopegate listening");
-    Ok(Running { public_addr, admin_addr, state, generated_admin_token: generated, stop, tasks: vec![public_task, admin_task] })
+    Ok(Running { public_addr, admin_addr, state, generated_admin_token: generated, stop, tasks: vec![public_task, admin_task, recovery_task] })
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

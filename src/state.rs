@@ -76,7 +76,7 @@ impl State {
         let r = store.load()?;
         // set at runtime (`scopegate anonymous`) beats the configuration
         let anonymous = r.anonymous.unwrap_or_else(|| config.anonymous_scope_map.clone());
-        Ok(Policy::new(r.epoch, r.maps, r.tokens, anonymous).with_attributes(r.attributes))
+        Ok(Policy::new(r.epoch, r.maps, r.tokens, anonymous).with_api_keys(r.api_keys).with_attributes(r.attributes))
     }
 
     /// Re-reads the store and swaps the snapshot.

@@ -651,7 +651,8 @@ async fn the_repository_api_needs_exactly_its_action() {
 #[tokio::test]
 async fn an_interrupted_untag_is_finished_at_the_next_start() {
     use scopegate::oci::{Digest, RepoName, Tag};
-    let h = Harness::start().await;
+    use scopegate::store::Store;
+    let data = tempfile::tempdir().unwrap();
     let journal = scopegate::store::UntagJournal {
         id: 0,
         repo: RepoName::parse(HELLO).unwrap(),
@@ -660,8 +661,9 @@ async fn an_interrupted_untag_is_finished_at_the_next_start() {
         manifest: b"{\"schemaVersion\":2}".to_vec(),
         keep_tags: vec![Tag::parse("v2").unwrap()],
     };
-    h.gw.state.store.begin_untag(&journal).unwrap();
-    let h = h.restart().await;
+    // an untag that stopped half-way, left in the store of a gateway that is not running
+    scopegate::store::sqlite::SqliteStore::open(data.path()).unwrap().begin_untag(&journal).unwrap();
+    let h = Harness::start_on(support::FakeRegistry::start().await, data).await;
     // the recovery runs in the background after start: wait until the journal is empty
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !h.gw.state.store.pending_untags().unwrap().is_empty() {

@@ -12,8 +12,10 @@
 //! GET    /api/v1/tokens/{name}         PATCH, DELETE /api/v1/tokens/{name}
 //! POST   /api/v1/tokens/{name}/credentials           (generate password1 and/or password2)
 //! DELETE /api/v1/tokens/{name}/credentials/{slot}
+//! GET    /api/v1/apikeys               POST /api/v1/apikeys
+//! GET    /api/v1/apikeys/{name}        PATCH, DELETE /api/v1/apikeys/{name}
 //! GET    /api/v1/anonymous             PUT /api/v1/anonymous      (the anonymous scope map)
-//! GET    /api/v1/check?token=N|anonymous=true&repository=R&action=A   (explain a decision)
+//! GET    /api/v1/check?token=N|apikey=N|anonymous=true&repository=R&action=A   (explain a decision)
 //! GET    /healthz                      (no authentication)
 //! ```
 //! The admin API changes records; it never decides a registry request.
@@ -34,7 +36,7 @@ use time::{Duration, OffsetDateTime};
 use crate::access::{Action, ActionSet};
 use crate::auth::secret::{self, Secret};
 use crate::body::{full, Body, BoxError};
-use crate::policy::{MapName, Password, RepoPattern, ScopeMap, Slot, Status, Subject, Token, TokenName};
+use crate::policy::{ApiKey, KeyName, MapName, Password, RepoPattern, ScopeMap, Slot, Status, Subject, Token, TokenName};
 use crate::reject::{Code, Rejection};
 use crate::state::State;
 use crate::store::StoreError;
@@ -92,6 +94,11 @@ where
         (Method::DELETE, ["tokens", name]) => delete_token(state, name).await,
         (Method::POST, ["tokens", name, "credentials"]) => generate(state, name, body(req).await?).await,
         (Method::DELETE, ["tokens", name, "credentials", slot]) => delete_credential(state, name, slot).await,
+        (Method::GET, ["apikeys"]) => list_keys(state),
+        (Method::POST, ["apikeys"]) => create_key(state, body(req).await?).await,
+        (Method::GET, ["apikeys", name]) => show_key(state, name),
+        (Method::PATCH, ["apikeys", name]) => update_key(state, name, body(req).await?).await,
+        (Method::DELETE, ["apikeys", name]) => delete_key(state, name).await,
         (Method::GET, ["anonymous"]) => show_anonymous(state),
         (Method::PUT, ["anonymous"]) => set_anonymous(state, body(req).await?).await,
         (Method::GET, ["check"]) => check(state, req.uri().query().unwrap_or_default()),
@@ -444,22 +451,25 @@ async fn set_anonymous(state: &Arc<State>, req: SetAnonymous) -> Answer {
 
 fn check(state: &State, query: &str) -> Answer {
     let mut token = None;
+    let mut apikey = None;
     let mut anonymous = false;
     let mut repository = None;
     let mut action = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match k.as_ref() {
             "token" => token = Some(v.into_owned()),
+            "apikey" => apikey = Some(v.into_owned()),
             "anonymous" => anonymous = v == "true",
             "repository" => repository = Some(v.into_owned()),
             "action" => action = Some(v.into_owned()),
             other => return Err(bad(format!("unknown parameter {other:?}"))),
         }
     }
-    let subject = match (token, anonymous) {
-        (Some(t), false) => Subject::Token(token_name(&t)?),
-        (None, true) => Subject::Anonymous,
-        _ => return Err(bad("give exactly one of token=<name> or anonymous=true")),
+    let subject = match (token, apikey, anonymous) {
+        (Some(t), None, false) => Subject::Token(token_name(&t)?),
+        (None, Some(k), false) => Subject::ApiKey(KeyName::parse(&k).map_err(bad)?),
+        (None, None, true) => Subject::Anonymous,
+        _ => return Err(bad("give exactly one of token=<name>, apikey=<name> or anonymous=true")),
     };
     let repo = repository.ok_or_else(|| bad("repository is required"))?;
     let repo = crate::oci::RepoName::parse(&repo).map_err(|e| bad(e.to_string()))?;
@@ -479,4 +489,79 @@ fn check(state: &State, query: &str) -> Answer {
             "action": action.as_str(),
         }),
     ))
+}
+
+// === API keys ===
+
+fn list_keys(state: &State) -> Answer {
+    let policy = state.policy();
+    let mut keys: Vec<&ApiKey> = policy.api_keys().collect();
+    keys.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((StatusCode::OK, Value::Array(keys.into_iter().map(|k| api_key_view(k, None)).collect())))
+}
+
+fn key_name(s: &str) -> Result<KeyName, Rejection> {
+    KeyName::parse(s).map_err(bad)
+}
+
+fn show_key(state: &State, name: &str) -> Answer {
+    let name = key_name(name)?;
+    let policy = state.policy();
+    let k = policy.api_key(&name).ok_or_else(|| Rejection::not_found(Code::NotFound, format!("API key {name} not found")))?;
+    Ok((StatusCode::OK, api_key_view(k, None)))
+}
+
+async fn create_key(state: &Arc<State>, req: CreateApiKey) -> Answer {
+    let now = state.clock.now_secs();
+    let name = key_name(&req.name)?;
+    let scope_map = map_name(&req.scope_map)?;
+    let status = req.status.as_deref().map(Status::parse).transpose().map_err(bad)?.unwrap_or(Status::Enabled);
+    let expiry = expiry(now, req.expiration_in_days, req.expiration.as_deref())?;
+    let value = secret::generate(secret::API_KEY_PREFIX).map_err(|e| Rejection::internal(e.to_string()))?;
+    let id = secret::random_id().map_err(|e| Rejection::internal(e.to_string()))?;
+    let key = ApiKey { name, id, digest: value.digest(), scope_map, status, created: now, expiry };
+    let view = api_key_view(&key, Some(&value));
+    state
+        .write(move |store, policy| {
+            if policy.map(&key.scope_map).is_none() {
+                return Err(StoreError::NotFound(format!("scope map {}", key.scope_map)));
+            }
+            store.create_api_key(&key)
+        })
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::CREATED, view))
+}
+
+async fn update_key(state: &Arc<State>, name: &str, req: UpdateToken) -> Answer {
+    let name = key_name(name)?;
+    let new_map = req.scope_map.as_deref().map(map_name).transpose()?;
+    let new_status = req.status.as_deref().map(Status::parse).transpose().map_err(bad)?;
+    if new_map.is_none() && new_status.is_none() {
+        return Err(bad("nothing to update: give a scope map or a status"));
+    }
+    let view = state
+        .write(move |store, policy| {
+            let mut k = policy.api_key(&name).cloned().ok_or_else(|| StoreError::NotFound(format!("API key {name}")))?;
+            if let Some(m) = new_map {
+                if policy.map(&m).is_none() {
+                    return Err(StoreError::NotFound(format!("scope map {m}")));
+                }
+                k.scope_map = m;
+            }
+            if let Some(s) = new_status {
+                k.status = s;
+            }
+            store.update_api_key(&k)?;
+            Ok(api_key_view(&k, None))
+        })
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::OK, view))
+}
+
+async fn delete_key(state: &Arc<State>, name: &str) -> Answer {
+    let name = key_name(name)?;
+    state.write(move |store, _| store.delete_api_key(&name)).await.map_err(store_error)?;
+    Ok((StatusCode::OK, json!({"deleted": true})))
 }

@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::auth::secret::Secret;
-use crate::policy::{MapKind, RepoPattern, ScopeMap, Slot, Token};
+use crate::policy::{ApiKey, MapKind, RepoPattern, ScopeMap, Slot, Token};
 
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
@@ -147,4 +147,33 @@ pub fn token_view(t: &Token, fresh: &[(Slot, Secret)]) -> Value {
         "creationDate": rfc3339(t.created),
         "credentials": { "username": t.name.as_str(), "passwords": passwords },
     })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateApiKey {
+    pub name: String,
+    pub scope_map: String,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub expiration_in_days: Option<u32>,
+    #[serde(default)]
+    pub expiration: Option<String>,
+}
+
+/// An API key; `fresh` is its value, present only in the answer that created it.
+pub fn api_key_view(k: &ApiKey, fresh: Option<&Secret>) -> Value {
+    let mut v = json!({
+        "name": k.name.as_str(),
+        "scopeMap": k.scope_map.as_str(),
+        "status": k.status.as_str(),
+        "creationDate": rfc3339(k.created),
+        "expiry": k.expiry.map(rfc3339),
+        "username": crate::auth::APIKEY_USERNAME,
+    });
+    if let (Some(s), Some(obj)) = (fresh, v.as_object_mut()) {
+        obj.insert("key".into(), s.expose().into());
+    }
+    v
 }

@@ -1,13 +1,15 @@
 //! Authentication: reads the `Authorization` header once into a [`Credential`], and turns a
 //! credential into a [`Principal`] against the policy snapshot of the request. Token
-//! passwords, our own session tokens and refresh tokens are checked here, and every check
-//! is *live*: a cached verification only saves the cryptography, never the question
-//! "is this still good now" (token enabled, the password that earned a session unchanged
-//! and unexpired).
+//! passwords (`<token>:<password>`), API keys (`apikey:<key>`), external JWTs
+//! (`bearer:<jwt>`, or `Bearer <jwt>` directly), our own session tokens and refresh tokens
+//! are checked here, and every check is *live*: a cached verification only saves the
+//! cryptography, never the question "is this still good now" (token or key enabled and
+//! unexpired, the password that earned a session unchanged, its issuer still trusted).
 //!
 //! Authentication says who is calling; it never decides what they may do (`policy` does),
 //! and it never logs or echoes a secret. Unknown user and wrong password fail identically.
 
+pub mod external;
 pub mod secret;
 
 use std::borrow::Cow;
@@ -20,9 +22,15 @@ use base64::Engine;
 use http::{header, HeaderMap};
 use time::OffsetDateTime;
 
-use crate::policy::{CredentialKind, Policy, Principal, Slot, Status, Subject, TokenName};
-use crate::token::jwt::{Binding, Issuer, JwtError, Use, Verified};
+use crate::policy::{CredentialKind, KeyName, Policy, Principal, Slot, Status, Subject, TokenName};
+use crate::token::jwt::{Binding, Holder, Issuer, JwtError, Use, Verified};
+use external::{ExternalIssuers, Identity};
 use secret::{digest_of, digests_equal, Secret};
+
+/// The username that says "the password is an API key".
+pub const APIKEY_USERNAME: &str = "apikey";
+/// The username that says "the password is a JWT of an external issuer".
+pub const BEARER_USERNAME: &str = "bearer";
 
 /// The one answer for an unknown user or a wrong password.
 const BAD_LOGIN: &str = "invalid username or password";
@@ -62,10 +70,11 @@ impl Credential {
         }
     }
 
+    /// The kind as presented (a Bearer token is taken for a session until proven external).
     pub fn kind(&self) -> CredentialKind {
         match self {
             Credential::None => CredentialKind::None,
-            Credential::Basic { .. } => CredentialKind::Basic,
+            Credential::Basic { username, .. } => login_kind(username),
             Credential::Bearer(_) => CredentialKind::Session,
         }
     }
@@ -85,17 +94,35 @@ impl AuthFailure {
     }
 }
 
+fn login_kind(username: &str) -> CredentialKind {
+    match username {
+        APIKEY_USERNAME => CredentialKind::ApiKey,
+        BEARER_USERNAME => CredentialKind::External,
+        _ => CredentialKind::Basic,
+    }
+}
+
 /// A verification the cache remembers; always re-checked against the live policy.
 #[derive(Clone)]
 enum Cached {
     Password { name: TokenName, binding: Binding },
+    ApiKey { name: KeyName, key_id: String },
     Session(Arc<Verified>),
+    External(Arc<Identity>),
+}
+
+/// A verified login: whose it is, and the time it must not outlive (an external JWT's `exp`).
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub holder: Holder,
+    pub not_after: Option<i64>,
 }
 
 /// Verifies credentials, with a cache keyed by an HMAC of the presented secret (a process-
 /// local key, so the cache never holds anything usable as a credential).
 pub struct Authenticator {
     issuer: Arc<Issuer>,
+    external: Arc<ExternalIssuers>,
     cache: moka::sync::Cache<[u8; 32], Cached>,
     cache_key: hmac::Key,
     dummy_digest: [u8; 32],
@@ -107,16 +134,32 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// Who a holder is, for the policy.
+pub fn subject_of(holder: &Holder) -> Subject {
+    match holder {
+        Holder::Anonymous => Subject::Anonymous,
+        Holder::Token { name, .. } => Subject::Token(name.clone()),
+        Holder::ApiKey { name, .. } => Subject::ApiKey(name.clone()),
+        Holder::External { issuer, subject, maps } => {
+            Subject::External { issuer: issuer.as_str().into(), subject: subject.as_str().into(), maps: maps.clone().into() }
+        }
+    }
+}
+
 impl Authenticator {
-    pub fn new(issuer: Arc<Issuer>) -> Result<Authenticator, secret::GenerateError> {
+    pub fn new(issuer: Arc<Issuer>, external: Arc<ExternalIssuers>) -> Result<Authenticator, secret::GenerateError> {
         let cache_key = hmac::Key::new(hmac::HMAC_SHA256, &secret::random_bytes::<32>()?);
         let dummy_digest = digest_of(&secret::random_bytes::<32>()?);
         let cache = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build();
-        Ok(Authenticator { issuer, cache, cache_key, dummy_digest })
+        Ok(Authenticator { issuer, external, cache, cache_key, dummy_digest })
     }
 
     pub fn issuer(&self) -> &Issuer {
         &self.issuer
+    }
+
+    pub fn external(&self) -> &ExternalIssuers {
+        &self.external
     }
 
     fn cache_key(&self, parts: &[&[u8]]) -> [u8; 32] {
@@ -131,24 +174,41 @@ impl Authenticator {
     }
 
     /// Who a `/v2` request's credential belongs to, as of `policy`.
-    pub fn authenticate(&self, cred: &Credential, policy: &Policy, now: OffsetDateTime) -> Result<Principal, AuthFailure> {
+    pub async fn authenticate(&self, cred: &Credential, policy: &Policy, now: OffsetDateTime) -> Result<Principal, AuthFailure> {
         match cred {
             Credential::None => Ok(Principal::anonymous()),
             Credential::Basic { username, password } => {
-                let (name, _) = self.verify_password(username, password, policy, now)?;
-                Ok(Principal { subject: Subject::Token(name), credential: CredentialKind::Basic, session: None })
+                let login = self.login(username, password, policy, now).await?;
+                Ok(Principal { subject: subject_of(&login.holder), credential: login_kind(username), session: None })
+            }
+            Credential::Bearer(token) if self.issuer.is_ours(token.expose()) => {
+                let v = self.verify_session(token, now.unix_timestamp())?;
+                self.live_check(policy, &v.holder, now, true)?;
+                Ok(Principal { subject: subject_of(&v.holder), credential: CredentialKind::Session, session: Some(v.access.clone()) })
             }
             Credential::Bearer(token) => {
-                let v = self.verify_session(token, now.unix_timestamp())?;
-                let subject = match (&v.subject, &v.binding) {
-                    (None, _) => Subject::Anonymous,
-                    (Some(name), Some(binding)) => {
-                        live_check(policy, name, binding, now, true)?;
-                        Subject::Token(name.clone())
-                    }
-                    (Some(_), None) => return Err(AuthFailure::new(true, "token is not bound to a credential")),
-                };
-                Ok(Principal { subject, credential: CredentialKind::Session, session: Some(v.access.clone()) })
+                let id = self.verify_external(token.expose(), now.unix_timestamp(), true).await?;
+                let holder = Holder::External { issuer: id.issuer.clone(), subject: id.subject.clone(), maps: id.maps.clone() };
+                Ok(Principal { subject: subject_of(&holder), credential: CredentialKind::External, session: None })
+            }
+        }
+    }
+
+    /// Checks Basic credentials: a token's password, an API key, or an external JWT.
+    pub async fn login(&self, username: &str, password: &Secret, policy: &Policy, now: OffsetDateTime) -> Result<Login, AuthFailure> {
+        match username {
+            APIKEY_USERNAME => {
+                let (name, key_id) = self.verify_api_key(password, policy, now)?;
+                Ok(Login { holder: Holder::ApiKey { name, key_id }, not_after: None })
+            }
+            BEARER_USERNAME => {
+                let id = self.verify_external(password.expose(), now.unix_timestamp(), false).await?;
+                let not_after = Some(id.expires_at);
+                Ok(Login { holder: Holder::External { issuer: id.issuer.clone(), subject: id.subject.clone(), maps: id.maps.clone() }, not_after })
+            }
+            _ => {
+                let (name, binding) = self.verify_password(username, password, policy, now)?;
+                Ok(Login { holder: Holder::Token { name, binding }, not_after: None })
             }
         }
     }
@@ -164,8 +224,11 @@ impl Authenticator {
     ) -> Result<(TokenName, Binding), AuthFailure> {
         let key = self.cache_key(&[b"basic", username.as_bytes(), password.expose().as_bytes()]);
         if let Some(Cached::Password { name, binding }) = self.cache.get(&key) {
-            if live_check(policy, &name, &binding, now, false).is_ok() {
-                return Ok((name, binding));
+            let holder = Holder::Token { name, binding };
+            if self.live_check(policy, &holder, now, false).is_ok() {
+                if let Holder::Token { name, binding } = holder {
+                    return Ok((name, binding));
+                }
             }
             self.cache.invalidate(&key);
         }
@@ -181,10 +244,45 @@ impl Authenticator {
         }
         let (Some(token), Some(slot)) = (token, matched) else { return Err(AuthFailure::new(false, BAD_LOGIN)) };
         let p = token.password(slot).ok_or_else(|| AuthFailure::new(false, BAD_LOGIN))?;
+        let holder = Holder::Token { name: token.name.clone(), binding: Binding { slot, password_id: p.id.clone() } };
+        self.live_check(policy, &holder, now, false)?;
         let binding = Binding { slot, password_id: p.id.clone() };
-        live_check(policy, &token.name, &binding, now, false)?;
         self.cache.insert(key, Cached::Password { name: token.name.clone(), binding: binding.clone() });
         Ok((token.name.clone(), binding))
+    }
+
+    /// Checks an API key: one digest, one hash lookup.
+    fn verify_api_key(&self, key: &Secret, policy: &Policy, now: OffsetDateTime) -> Result<(KeyName, String), AuthFailure> {
+        let ck = self.cache_key(&[b"apikey", key.expose().as_bytes()]);
+        if let Some(Cached::ApiKey { name, key_id }) = self.cache.get(&ck) {
+            let holder = Holder::ApiKey { name: name.clone(), key_id: key_id.clone() };
+            if self.live_check(policy, &holder, now, false).is_ok() {
+                return Ok((name, key_id));
+            }
+            self.cache.invalidate(&ck);
+        }
+        let k = policy.api_key_by_digest(&key.digest()).ok_or_else(|| AuthFailure::new(false, "invalid API key"))?;
+        let holder = Holder::ApiKey { name: k.name.clone(), key_id: k.id.clone() };
+        self.live_check(policy, &holder, now, false)?;
+        self.cache.insert(ck, Cached::ApiKey { name: k.name.clone(), key_id: k.id.clone() });
+        Ok((k.name.clone(), k.id.clone()))
+    }
+
+    /// Verifies an external issuer's JWT (cached until its `exp`).
+    async fn verify_external(&self, token: &str, now: i64, bearer: bool) -> Result<Arc<Identity>, AuthFailure> {
+        if self.external.is_empty() {
+            return Err(AuthFailure::new(bearer, if bearer { "token is not valid here" } else { BAD_LOGIN }));
+        }
+        let key = self.cache_key(&[b"external", token.as_bytes()]);
+        if let Some(Cached::External(id)) = self.cache.get(&key) {
+            if id.expires_at > now {
+                return Ok(id);
+            }
+            self.cache.invalidate(&key);
+        }
+        let id = Arc::new(self.external.verify(token, now).await.map_err(|e| AuthFailure::new(bearer, e.to_string()))?);
+        self.cache.insert(key, Cached::External(Arc::clone(&id)));
+        Ok(id)
     }
 
     /// Verifies one of our session tokens (signature and expiry; cached until it expires).
@@ -202,40 +300,69 @@ impl Authenticator {
         Ok(v)
     }
 
-    /// Verifies a refresh token and that the password it was earned with is still good.
-    pub fn verify_refresh(&self, token: &str, policy: &Policy, now: OffsetDateTime) -> Result<(TokenName, Binding), AuthFailure> {
-        let v = self.issuer.verify(token, Use::Refresh, now.unix_timestamp()).map_err(|e| AuthFailure::new(false, format!("refresh {}", jwt_failure(&e).reason)))?;
-        let (Some(name), Some(binding)) = (v.subject, v.binding) else {
+    /// Verifies a refresh token and that what earned it is still good.
+    pub fn verify_refresh(&self, token: &str, policy: &Policy, now: OffsetDateTime) -> Result<Holder, AuthFailure> {
+        let v = self
+            .issuer
+            .verify(token, Use::Refresh, now.unix_timestamp())
+            .map_err(|e| AuthFailure::new(false, format!("refresh {}", jwt_failure(&e).reason)))?;
+        if v.holder == Holder::Anonymous {
             return Err(AuthFailure::new(false, "refresh token is not bound to a credential"));
-        };
-        live_check(policy, &name, &binding, now, false)?;
-        Ok((name, binding))
+        }
+        self.live_check(policy, &v.holder, now, false)?;
+        Ok(v.holder)
     }
+
+    /// Is what `holder` names still good now? (Anonymous always is.)
+    fn live_check(&self, policy: &Policy, holder: &Holder, now: OffsetDateTime, bearer: bool) -> Result<(), AuthFailure> {
+        let why = |bearer_reason: String| -> AuthFailure {
+            AuthFailure::new(bearer, if bearer { Cow::Owned(bearer_reason) } else { Cow::Borrowed(BAD_LOGIN) })
+        };
+        match holder {
+            Holder::Anonymous => Ok(()),
+            Holder::Token { name, binding } => {
+                let Some(token) = policy.token(name) else { return Err(why(format!("token {name} no longer exists"))) };
+                let Some(p) = token.password(binding.slot).filter(|p| p.id == binding.password_id) else {
+                    return Err(why(format!("{} of token {name} was regenerated or deleted", binding.slot.as_str())));
+                };
+                if p.expired(now) {
+                    let when = p.expiry.map(rfc3339).unwrap_or_default();
+                    return Err(AuthFailure::new(bearer, format!("{} of token {name} expired at {when}", binding.slot.as_str())));
+                }
+                if token.status == Status::Disabled {
+                    return Err(AuthFailure::new(bearer, format!("token {name} is disabled")));
+                }
+                Ok(())
+            }
+            Holder::ApiKey { name, key_id } => {
+                let Some(k) = policy.api_key(name).filter(|k| k.id == *key_id) else {
+                    return Err(AuthFailure::new(bearer, if bearer { format!("API key {name} no longer exists") } else { "invalid API key".into() }));
+                };
+                if k.expired(now) {
+                    return Err(AuthFailure::new(bearer, format!("API key {name} expired at {}", k.expiry.map(rfc3339).unwrap_or_default())));
+                }
+                if k.status == Status::Disabled {
+                    return Err(AuthFailure::new(bearer, format!("API key {name} is disabled")));
+                }
+                Ok(())
+            }
+            Holder::External { issuer, .. } => {
+                if self.external.has(issuer) {
+                    Ok(())
+                } else {
+                    Err(AuthFailure::new(bearer, format!("issuer {issuer} is no longer trusted")))
+                }
+            }
+        }
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 fn jwt_failure(e: &JwtError) -> AuthFailure {
     AuthFailure::new(true, e.to_string())
-}
-
-/// Is the password `binding` names still the token's, unexpired, and the token enabled?
-fn live_check(policy: &Policy, name: &TokenName, binding: &Binding, now: OffsetDateTime, bearer: bool) -> Result<(), AuthFailure> {
-    let Some(token) = policy.token(name) else {
-        let why: Cow<'static, str> = if bearer { format!("token {name} no longer exists").into() } else { BAD_LOGIN.into() };
-        return Err(AuthFailure::new(bearer, why));
-    };
-    let Some(p) = token.password(binding.slot).filter(|p| p.id == binding.password_id) else {
-        let why: Cow<'static, str> =
-            if bearer { format!("{} of token {name} was regenerated or deleted", binding.slot.as_str()).into() } else { BAD_LOGIN.into() };
-        return Err(AuthFailure::new(bearer, why));
-    };
-    if p.expired(now) {
-        let when = p.expiry.and_then(|e| e.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_default();
-        return Err(AuthFailure::new(bearer, format!("{} of token {name} expired at {when}", binding.slot.as_str())));
-    }
-    if token.status == Status::Disabled {
-        return Err(AuthFailure::new(bearer, format!("token {name} is disabled")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ impl fmt::Debug for Secret {
 /// Prefixes of generated secrets.
 pub const PASSWORD_PREFIX: &str = "sgp_";
 pub const ADMIN_TOKEN_PREFIX: &str = "sga_";
+pub const API_KEY_PREFIX: &str = "sgk_";
 
 /// `prefix` + 256 random bits in URL-safe base64.
 pub fn generate(prefix: &str) -> Result<Secret, GenerateError> {

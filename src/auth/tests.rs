@@ -8,7 +8,7 @@ use super::*;
 use crate::access::{Access, ActionSet};
 use crate::oci::RepoName;
 use crate::policy::{MapName, Password, ScopeMap, Token};
-use crate::token::jwt::Mint;
+use crate::token::jwt::{Holder, Mint};
 use crate::token::keys::{KeySet, SigningKey};
 
 struct Fixture {
@@ -23,7 +23,7 @@ fn fixture() -> Fixture {
     let password = secret::generate(secret::PASSWORD_PREFIX).unwrap();
     let mut token = Token::new(TokenName::parse("ci").unwrap(), MapName::parse("_repositories_pull").unwrap(), Status::Enabled, OffsetDateTime::UNIX_EPOCH);
     token.set_password(Slot::Password1, Some(Password { id: "p1".into(), digest: password.digest(), created: OffsetDateTime::UNIX_EPOCH, expiry: None }));
-    Fixture { auth: Authenticator::new(issuer).unwrap(), password, token }
+    Fixture { auth: Authenticator::new(issuer, Arc::default()).unwrap(), password, token }
 }
 
 fn policy_with(t: &Token) -> Policy {
@@ -89,8 +89,8 @@ fn cached_password_check_does_not_outlive_disable_or_regeneration() {
     assert!(f.auth.verify_password("ci", &fresh, &policy_with(&f.token), now).is_ok());
 }
 
-#[test]
-fn a_session_dies_with_the_password_that_earned_it() {
+#[tokio::test]
+async fn a_session_dies_with_the_password_that_earned_it() {
     let mut f = fixture();
     let now = OffsetDateTime::now_utc();
     let (name, binding) = f.auth.verify_password("ci", &f.password, &policy_with(&f.token), now).unwrap();
@@ -100,13 +100,13 @@ fn a_session_dies_with_the_password_that_earned_it() {
     let jwt = f
         .auth
         .issuer()
-        .mint(&Mint { token_use: Use::Access, subject: Some(&name), binding: Some(&binding), access: &access, issued_at: t, expires_at: t + 300 })
+        .mint(&Mint { token_use: Use::Access, holder: &Holder::Token { name, binding }, access: &access, issued_at: t, expires_at: t + 300 })
         .unwrap();
     let cred = Credential::Bearer(Secret::new(jwt));
-    let p = f.auth.authenticate(&cred, &policy_with(&f.token), now).unwrap();
+    let p = f.auth.authenticate(&cred, &policy_with(&f.token), now).await.unwrap();
     assert_eq!(p.session, Some(access));
     f.token.set_password(Slot::Password1, None);
-    let e = f.auth.authenticate(&cred, &policy_with(&f.token), now).unwrap_err();
+    let e = f.auth.authenticate(&cred, &policy_with(&f.token), now).await.unwrap_err();
     assert!(e.bearer);
     assert!(e.reason.contains("regenerated or deleted"), "{}", e.reason);
 }

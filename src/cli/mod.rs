@@ -65,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage API keys (log in as `apikey:<key>`).
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
     /// Show or set the scope map anonymous callers are bound to.
     Anonymous {
         /// Bind anonymous callers to this scope map.
@@ -76,8 +81,10 @@ enum Command {
     },
     /// Explain whether a token (or the anonymous caller) may do an action on a repository.
     Check {
-        #[arg(long, conflicts_with = "anonymous", required_unless_present = "anonymous")]
+        #[arg(long, conflicts_with_all = ["anonymous", "apikey"], required_unless_present_any = ["anonymous", "apikey"])]
         token: Option<String>,
+        #[arg(long, conflicts_with = "anonymous")]
+        apikey: Option<String>,
         #[arg(long)]
         anonymous: bool,
         #[arg(long)]
@@ -90,6 +97,43 @@ enum Command {
     Repository {
         #[command(subcommand)]
         command: RepositoryCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ApikeyCommand {
+    /// Create an API key; the key is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        scope_map: String,
+        #[arg(long, conflicts_with = "expiration")]
+        expiration_in_days: Option<u32>,
+        /// Expiry as an RFC 3339 time.
+        #[arg(long)]
+        expiration: Option<String>,
+    },
+    /// List API keys (never shows a key).
+    List,
+    /// Show one API key (never shows the key).
+    Show {
+        #[arg(long)]
+        name: String,
+    },
+    /// Change an API key's status or scope map.
+    Update {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["enabled", "disabled"])]
+        status: Option<String>,
+        #[arg(long)]
+        scope_map: Option<String>,
+    },
+    /// Delete an API key.
+    Delete {
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -389,10 +433,12 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), CliError> {
             print(&v, cli.client.output, &[]);
             Ok(())
         }
-        Command::Check { token, anonymous, repository, action } => {
-            let who: (&str, String) = match token {
-                Some(t) => ("token", t),
-                None => ("anonymous", anonymous.to_string()),
+        Command::Apikey { command } => apikey(&admin_client(&cli.client)?, command, cli.client.output).await,
+        Command::Check { token, apikey, anonymous, repository, action } => {
+            let who: (&str, String) = match (token, apikey) {
+                (Some(t), _) => ("token", t),
+                (None, Some(k)) => ("apikey", k),
+                (None, None) => ("anonymous", anonymous.to_string()),
             };
             let q = crate::route::encode_query([(who.0, who.1.as_str()), ("repository", repository.as_str()), ("action", action.as_str())]);
             let v = admin_client(&cli.client)?.call(Method::GET, &format!("/api/v1/check?{q}"), None).await?;
@@ -601,6 +647,29 @@ async fn token(c: &AdminClient, cmd: TokenCommand, m: Option<&ArgMatches>, out: 
             let slot = if password1 { "password1" } else { "password2" };
             let v = c.call(Method::DELETE, &format!("/api/v1/tokens/{}/credentials/{slot}", segment(&name)?), None).await?;
             print(&v, out, TOKEN_COLUMNS);
+        }
+    }
+    Ok(())
+}
+
+const KEY_COLUMNS: &[Column] =
+    &[("NAME", "/name"), ("STATUS", "/status"), ("SCOPE MAP", "/scopeMap"), ("CREATION DATE", "/creationDate"), ("EXPIRY", "/expiry")];
+
+async fn apikey(c: &AdminClient, cmd: ApikeyCommand, out: Output) -> Result<(), CliError> {
+    match cmd {
+        ApikeyCommand::Create { name, scope_map, expiration_in_days, expiration } => {
+            let body = json!({"name": name, "scopeMap": scope_map, "expirationInDays": expiration_in_days, "expiration": expiration});
+            let v = c.call(Method::POST, "/api/v1/apikeys", Some(body)).await?;
+            print(&v, out, &[("NAME", "/name"), ("KEY", "/key"), ("SCOPE MAP", "/scopeMap"), ("EXPIRY", "/expiry")]);
+        }
+        ApikeyCommand::List => print(&c.call(Method::GET, "/api/v1/apikeys", None).await?, out, KEY_COLUMNS),
+        ApikeyCommand::Show { name } => print(&c.call(Method::GET, &format!("/api/v1/apikeys/{}", segment(&name)?), None).await?, out, KEY_COLUMNS),
+        ApikeyCommand::Update { name, status, scope_map } => {
+            let body = json!({"status": status, "scopeMap": scope_map});
+            print(&c.call(Method::PATCH, &format!("/api/v1/apikeys/{}", segment(&name)?), Some(body)).await?, out, KEY_COLUMNS);
+        }
+        ApikeyCommand::Delete { name } => {
+            c.call(Method::DELETE, &format!("/api/v1/apikeys/{}", segment(&name)?), None).await?;
         }
     }
     Ok(())

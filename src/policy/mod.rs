@@ -7,6 +7,7 @@
 //! The policy never touches credentials, the network or the store: `auth` says who is
 //! calling, `route` says what is needed, the store supplies the records.
 
+pub mod apikey;
 pub mod attributes;
 pub mod pattern;
 pub mod scope_map;
@@ -19,6 +20,7 @@ use time::OffsetDateTime;
 
 use crate::access::{Access, Action, ActionSet, Requirement, ScopeHint};
 use crate::oci::RepoName;
+pub use apikey::{ApiKey, KeyName};
 pub use attributes::{Attributes, Lock};
 pub use pattern::RepoPattern;
 pub use scope_map::{MapKind, MapName, ScopeMap};
@@ -28,6 +30,9 @@ pub use token::{Password, Slot, Status, Token, TokenName};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Subject {
     Token(TokenName),
+    ApiKey(KeyName),
+    /// Someone an external issuer vouched for; `maps` are what its rules granted at login.
+    External { issuer: Arc<str>, subject: Arc<str>, maps: Arc<[MapName]> },
     Anonymous,
 }
 
@@ -40,6 +45,10 @@ pub enum CredentialKind {
     Basic,
     /// A session token issued by our token server.
     Session,
+    /// `Basic apikey:<key>`.
+    ApiKey,
+    /// An external issuer's JWT, as `Basic bearer:<jwt>` or `Bearer <jwt>`.
+    External,
 }
 
 impl CredentialKind {
@@ -48,6 +57,8 @@ impl CredentialKind {
             CredentialKind::None => "none",
             CredentialKind::Basic => "basic",
             CredentialKind::Session => "session",
+            CredentialKind::ApiKey => "apikey",
+            CredentialKind::External => "external_jwt",
         }
     }
 }
@@ -143,6 +154,9 @@ pub struct Policy {
     pub epoch: u64,
     maps: HashMap<MapName, ScopeMap>,
     tokens: HashMap<TokenName, Token>,
+    api_keys: HashMap<KeyName, ApiKey>,
+    /// API keys by the digest of their value.
+    key_index: HashMap<[u8; 32], KeyName>,
     attributes: HashMap<RepoName, Attributes>,
     anonymous: Option<MapName>,
 }
@@ -152,7 +166,29 @@ impl Policy {
     pub fn new(epoch: u64, user_maps: Vec<ScopeMap>, tokens: Vec<Token>, anonymous: Option<MapName>) -> Policy {
         let maps = ScopeMap::system_maps().chain(user_maps).map(|m| (m.name.clone(), m)).collect();
         let tokens = tokens.into_iter().map(|t| (t.name.clone(), t)).collect();
-        Policy { epoch, maps, tokens, attributes: HashMap::new(), anonymous }
+        Policy { epoch, maps, tokens, api_keys: HashMap::new(), key_index: HashMap::new(), attributes: HashMap::new(), anonymous }
+    }
+
+    /// Adds API keys to the snapshot.
+    pub fn with_api_keys(mut self, keys: impl IntoIterator<Item = ApiKey>) -> Policy {
+        for k in keys {
+            self.key_index.insert(k.digest, k.name.clone());
+            self.api_keys.insert(k.name.clone(), k);
+        }
+        self
+    }
+
+    pub fn api_key(&self, name: &KeyName) -> Option<&ApiKey> {
+        self.api_keys.get(name)
+    }
+
+    /// The API key whose value has this digest.
+    pub fn api_key_by_digest(&self, digest: &[u8; 32]) -> Option<&ApiKey> {
+        self.key_index.get(digest).and_then(|n| self.api_keys.get(n))
+    }
+
+    pub fn api_keys(&self) -> impl Iterator<Item = &ApiKey> {
+        self.api_keys.values()
     }
 
     /// Adds repository attributes (locks) to the snapshot.
@@ -194,14 +230,19 @@ impl Policy {
     /// What the subject holds on `repo` now, before any session restriction. A disabled or
     /// vanished token, or a missing map, holds nothing.
     fn subject_holds(&self, subject: &Subject, repo: &RepoName) -> ActionSet {
-        let map = match subject {
+        let holds = |m: &MapName| self.maps.get(m).map(|m| m.holds(repo)).unwrap_or_default();
+        match subject {
             Subject::Token(name) => match self.tokens.get(name) {
-                Some(t) if t.status == Status::Enabled => Some(&t.scope_map),
-                Some(_) | None => None,
+                Some(t) if t.status == Status::Enabled => holds(&t.scope_map),
+                Some(_) | None => ActionSet::EMPTY,
             },
-            Subject::Anonymous => self.anonymous.as_ref(),
-        };
-        map.and_then(|m| self.maps.get(m)).map(|m| m.holds(repo)).unwrap_or_default()
+            Subject::ApiKey(name) => match self.api_keys.get(name) {
+                Some(k) if k.status == Status::Enabled => holds(&k.scope_map),
+                Some(_) | None => ActionSet::EMPTY,
+            },
+            Subject::External { maps, .. } => maps.iter().fold(ActionSet::EMPTY, |a, m| a.union(holds(m))),
+            Subject::Anonymous => self.anonymous.as_ref().map(holds).unwrap_or_default(),
+        }
     }
 
     /// What the principal may do on `repo` now: its subject's holdings, intersected with
@@ -235,8 +276,8 @@ impl Policy {
             Requirement::Catalog => {
                 let allowed = match (&p.subject, &p.session) {
                     (Subject::Anonymous, _) => false,
-                    (Subject::Token(_), Some(access)) => access.catalog,
-                    (Subject::Token(_), None) => true,
+                    (Subject::Token(_) | Subject::ApiKey(_) | Subject::External { .. }, Some(access)) => access.catalog,
+                    (Subject::Token(_) | Subject::ApiKey(_) | Subject::External { .. }, None) => true,
                 };
                 if allowed {
                     let view = CatalogView { policy: Arc::clone(self), subject: p.subject.clone() };
@@ -248,7 +289,7 @@ impl Policy {
                     (false, Subject::Anonymous) => {
                         Err(Denial::InsufficientScope { hints, reason: "anonymous callers cannot list the catalog".into() })
                     }
-                    (false, Subject::Token(_)) => {
+                    (false, Subject::Token(_) | Subject::ApiKey(_) | Subject::External { .. }) => {
                         Err(Denial::InsufficientScope { hints, reason: "the session token does not carry registry:catalog:*".into() })
                     }
                 }
@@ -274,7 +315,8 @@ impl Policy {
                 match p.credential {
                     CredentialKind::None => Err(Denial::Unauthenticated { hints }),
                     CredentialKind::Session => Err(Denial::InsufficientScope { hints, reason }),
-                    CredentialKind::Basic => Err(Denial::Denied { reason }),
+                    // credentials that cannot be re-scoped: a new token cannot help
+                    CredentialKind::Basic | CredentialKind::ApiKey | CredentialKind::External => Err(Denial::Denied { reason }),
                 }
             }
         }
@@ -288,52 +330,84 @@ impl Policy {
     }
 
     /// Why `subject` may or may not do `action` on `repo` now. With `now`, a token's
-    /// passwords are checked too (a token with no valid password can do nothing).
+    /// passwords and an API key's expiry are checked too.
     pub fn explain(&self, subject: &Subject, repo: &RepoName, action: Action, now: Option<OffsetDateTime>) -> Explanation {
         let deny = |reason: String, scope_map: Option<MapName>| Explanation { allowed: false, reason, scope_map, pattern: None };
-        let (map_name, who) = match subject {
+        let expired = |e: Option<OffsetDateTime>| now.is_some_and(|n| e.is_some_and(|e| e <= n));
+        let (maps, who): (Vec<MapName>, String) = match subject {
             Subject::Token(name) => {
                 let Some(t) = self.tokens.get(name) else { return deny(format!("token {name} does not exist"), None) };
                 if t.status == Status::Disabled {
                     return deny(format!("token {name} is disabled"), Some(t.scope_map.clone()));
                 }
-                if let Some(now) = now {
-                    if t.passwords().all(|(_, p)| p.expired(now)) {
-                        let detail: Vec<String> = Slot::BOTH
-                            .iter()
-                            .map(|s| match t.password(*s) {
-                                Some(p) => format!("{} expired at {}", s.as_str(), p.expiry.map(rfc3339).unwrap_or_default()),
-                                None => format!("{} is not set", s.as_str()),
-                            })
-                            .collect();
-                        return deny(format!("token {name} has no valid password ({})", detail.join(", ")), Some(t.scope_map.clone()));
-                    }
+                if now.is_some() && t.passwords().all(|(_, p)| expired(p.expiry)) {
+                    let detail: Vec<String> = Slot::BOTH
+                        .iter()
+                        .map(|s| match t.password(*s) {
+                            Some(p) => format!("{} expired at {}", s.as_str(), p.expiry.map(rfc3339).unwrap_or_default()),
+                            None => format!("{} is not set", s.as_str()),
+                        })
+                        .collect();
+                    return deny(format!("token {name} has no valid password ({})", detail.join(", ")), Some(t.scope_map.clone()));
                 }
-                (t.scope_map.clone(), format!("token {name}"))
+                (vec![t.scope_map.clone()], format!("token {name}"))
             }
+            Subject::ApiKey(name) => {
+                let Some(k) = self.api_keys.get(name) else { return deny(format!("API key {name} does not exist"), None) };
+                if k.status == Status::Disabled {
+                    return deny(format!("API key {name} is disabled"), Some(k.scope_map.clone()));
+                }
+                if expired(k.expiry) {
+                    return deny(format!("API key {name} expired at {}", k.expiry.map(rfc3339).unwrap_or_default()), Some(k.scope_map.clone()));
+                }
+                (vec![k.scope_map.clone()], format!("API key {name}"))
+            }
+            Subject::External { issuer, subject, maps } => (maps.to_vec(), format!("{subject} of issuer {issuer}")),
             Subject::Anonymous => match &self.anonymous {
-                Some(m) => (m.clone(), "the anonymous caller".to_owned()),
+                Some(m) => (vec![m.clone()], "the anonymous caller".to_owned()),
                 None => return deny("anonymous access is off (no anonymous scope map is set)".to_owned(), None),
             },
         };
-        let Some(map) = self.maps.get(&map_name) else {
-            return deny(format!("scope map {map_name} of {who} does not exist"), Some(map_name));
+        // the first map that grants the action decides; a lock beats any grant
+        let mut last = None;
+        for m in &maps {
+            let e = self.explain_map(m, &who, repo, action);
+            if e.pattern.is_some() {
+                return e;
+            }
+            last = Some(e);
+        }
+        match (last, maps.len()) {
+            (Some(e), 1) => e,
+            (_, 0) => deny(format!("no rule of the issuer granted {who} a scope map"), None),
+            _ => {
+                let names: Vec<&str> = maps.iter().map(MapName::as_str).collect();
+                deny(format!("no scope map of {who} ({}) grants {action} on repository {repo}", names.join(", ")), None)
+            }
+        }
+    }
+
+    /// One map's answer: does it grant the action, and is a lock in the way?
+    fn explain_map(&self, map_name: &MapName, who: &str, repo: &RepoName, action: Action) -> Explanation {
+        let deny = |reason: String| Explanation { allowed: false, reason, scope_map: Some(map_name.clone()), pattern: None };
+        let Some(map) = self.maps.get(map_name) else {
+            return deny(format!("scope map {map_name} of {who} does not exist"));
         };
         let Some(pattern) = map.granting_pattern(repo, action) else {
-            return deny(format!("scope map {map_name} of {who} has no pattern granting {action} on repository {repo}"), Some(map_name));
+            return deny(format!("scope map {map_name} of {who} has no pattern granting {action} on repository {repo}"));
         };
         if let Some(lock) = self.attributes(repo).lock_for(action) {
             return Explanation {
                 allowed: false,
                 reason: format!("repository {repo} is {lock}"),
-                scope_map: Some(map_name),
+                scope_map: Some(map_name.clone()),
                 pattern: Some(pattern),
             };
         }
         Explanation {
             allowed: true,
             reason: format!("scope map {map_name} of {who} grants {action} on repository {repo} through pattern {pattern}"),
-            scope_map: Some(map_name),
+            scope_map: Some(map_name.clone()),
             pattern: Some(pattern),
         }
     }

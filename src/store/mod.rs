@@ -11,7 +11,7 @@ pub mod sqlite;
 use time::OffsetDateTime;
 
 use crate::oci::{Digest, RepoName, Tag};
-use crate::policy::{Attributes, MapName, ScopeMap, Token, TokenName};
+use crate::policy::{ApiKey, Attributes, KeyName, MapName, ScopeMap, Token, TokenName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,6 +34,7 @@ pub struct PolicyRecords {
     pub epoch: u64,
     pub maps: Vec<ScopeMap>,
     pub tokens: Vec<Token>,
+    pub api_keys: Vec<ApiKey>,
     /// Repositories with stored attributes.
     pub attributes: Vec<(RepoName, Attributes)>,
     /// The anonymous scope map set at runtime: `None` if never set (the configuration then
@@ -75,6 +76,10 @@ pub trait Store: Send + Sync + 'static {
     fn create_token(&self, token: &Token, own_map: Option<&ScopeMap>) -> Result<(), StoreError>;
     fn update_token(&self, token: &Token) -> Result<(), StoreError>;
     fn delete_token(&self, name: &TokenName) -> Result<(), StoreError>;
+
+    fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    fn update_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    fn delete_api_key(&self, name: &KeyName) -> Result<(), StoreError>;
 
     /// Stores a repository's attributes (default attributes remove the record).
     fn set_attributes(&self, repo: &RepoName, attributes: &Attributes) -> Result<(), StoreError>;

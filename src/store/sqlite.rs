@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use super::{KeyRecord, PolicyRecords, Store, StoreError, UntagJournal};
 use crate::access::{Action, ActionSet};
 use crate::oci::{Digest, RepoName, Tag};
-use crate::policy::{Attributes, MapName, Password, RepoPattern, ScopeMap, Slot, Status, Token, TokenName};
+use crate::policy::{ApiKey, Attributes, KeyName, MapName, Password, RepoPattern, ScopeMap, Slot, Status, Token, TokenName};
 
 /// Migrations in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[r#"
@@ -68,6 +68,16 @@ CREATE TABLE untag_journal (
     manifest BLOB NOT NULL,
     keep_tags TEXT NOT NULL,
     created_at INTEGER NOT NULL
+);
+"#, r#"
+CREATE TABLE api_keys (
+    name TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    digest BLOB NOT NULL UNIQUE,
+    scope_map TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('enabled', 'disabled')),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER
 );
 "#];
 
@@ -274,7 +284,34 @@ impl Store for SqliteStore {
                     if name.is_empty() { Ok(None) } else { MapName::parse(&name).map(Some).map_err(backend) }
                 })
                 .transpose()?;
-            Ok(PolicyRecords { epoch, maps, tokens, attributes, anonymous })
+            let mut api_keys = Vec::new();
+            let mut st = c.prepare("SELECT name, id, digest, scope_map, status, created_at, expires_at FROM api_keys").map_err(backend)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, Option<i64>>(6)?,
+                    ))
+                })
+                .map_err(backend)?;
+            for row in rows {
+                let (name, id, digest, map, status, created, expires) = row.map_err(backend)?;
+                api_keys.push(ApiKey {
+                    name: KeyName::parse(&name).map_err(backend)?,
+                    id,
+                    digest: digest.try_into().map_err(|_| backend("bad digest length in store"))?,
+                    scope_map: MapName::parse(&map).map_err(backend)?,
+                    status: Status::parse(&status).map_err(backend)?,
+                    created: from_ts(created)?,
+                    expiry: expires.map(from_ts).transpose()?,
+                });
+            }
+            Ok(PolicyRecords { epoch, maps, tokens, api_keys, attributes, anonymous })
         })
     }
 
@@ -300,13 +337,15 @@ impl Store for SqliteStore {
 
     fn delete_scope_map(&self, name: &MapName) -> Result<(), StoreError> {
         self.with_tx(|tx| {
-            let users: Vec<String> = {
-                let mut st = tx.prepare("SELECT name FROM tokens WHERE scope_map = ?1 ORDER BY name LIMIT 5").map_err(backend)?;
-                let rows = st.query_map([name.as_str()], |r| r.get(0)).map_err(backend)?;
-                rows.collect::<Result<_, _>>().map_err(backend)?
-            };
-            if !users.is_empty() {
-                return Err(StoreError::InUse(format!("scope map {name} is used by token(s) {}; assign them another map first", users.join(", "))));
+            for (table, what) in [("tokens", "token(s)"), ("api_keys", "API key(s)")] {
+                let users: Vec<String> = {
+                    let mut st = tx.prepare(&format!("SELECT name FROM {table} WHERE scope_map = ?1 ORDER BY name LIMIT 5")).map_err(backend)?;
+                    let rows = st.query_map([name.as_str()], |r| r.get(0)).map_err(backend)?;
+                    rows.collect::<Result<_, _>>().map_err(backend)?
+                };
+                if !users.is_empty() {
+                    return Err(StoreError::InUse(format!("scope map {name} is used by {what} {}; assign them another map first", users.join(", "))));
+                }
             }
             let n = tx.execute("DELETE FROM scope_maps WHERE name = ?1", [name.as_str()]).map_err(backend)?;
             if n == 0 {
@@ -354,6 +393,47 @@ impl Store for SqliteStore {
             let n = tx.execute("DELETE FROM tokens WHERE name = ?1", [name.as_str()]).map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("token {name}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn create_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let n = tx
+                .execute(
+                    "INSERT INTO api_keys (name, id, digest, scope_map, status, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (name) DO NOTHING",
+                    params![k.name.as_str(), k.id, &k.digest[..], k.scope_map.as_str(), k.status.as_str(), ts(k.created), k.expiry.map(ts)],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("API key {}", k.name)));
+            }
+            Ok(())
+        })
+    }
+
+    fn update_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let n = tx
+                .execute(
+                    "UPDATE api_keys SET scope_map = ?2, status = ?3, expires_at = ?4 WHERE name = ?1",
+                    params![k.name.as_str(), k.scope_map.as_str(), k.status.as_str(), k.expiry.map(ts)],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("API key {}", k.name)));
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_api_key(&self, name: &KeyName) -> Result<(), StoreError> {
+        self.with_tx(|tx| {
+            let n = tx.execute("DELETE FROM api_keys WHERE name = ?1", [name.as_str()]).map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("API key {name}")));
             }
             Ok(())
         })

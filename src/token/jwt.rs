@@ -3,7 +3,9 @@
 //! `jwk`, `x5c` and `jku` are ignored), `iss` and `aud` exact, `exp`/`nbf` with a small
 //! leeway, and a `use` claim so a refresh token is never accepted as a session and the
 //! reverse. Claims follow distribution's layout; `access` uses the claim words of
-//! `access.rs`, and `cred` binds the token to the password that earned it.
+//! `access.rs`; `kind` and `cred` say whose the token is and bind it to the credential that
+//! earned it (a token's password, an API key), and an external identity's session carries
+//! the issuer and the scope maps its rules granted.
 //!
 //! Verifying here says only "we minted this and it has not expired"; whether it is still
 //! good against the policy now is `auth`'s question.
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::{Access, ActionSet};
 use crate::auth::secret::random_id;
 use crate::oci::RepoName;
-use crate::policy::{Slot, TokenName};
+use crate::policy::{KeyName, MapName, Slot, TokenName};
 use crate::token::keys::KeySet;
 
 /// Leeway for `exp` and `nbf` between replicas' clocks.
@@ -46,6 +48,26 @@ impl Binding {
     }
 }
 
+/// Whose a session or refresh token is, and what it is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
+    Anonymous,
+    /// A token, through one of its passwords.
+    Token { name: TokenName, binding: Binding },
+    /// An API key (bound to the key's random id).
+    ApiKey { name: KeyName, key_id: String },
+    /// An external issuer's subject, with the maps its rules granted at login.
+    External { issuer: String, subject: String, maps: Vec<MapName> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Token,
+    Apikey,
+    External,
+}
+
 #[derive(Serialize, Deserialize)]
 struct AccessEntry {
     #[serde(rename = "type")]
@@ -68,15 +90,21 @@ struct Claims {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     access: Vec<AccessEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<Kind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     cred: Option<String>,
+    /// External sessions: the issuer's configured name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ext: Option<String>,
+    /// External sessions: the scope maps the issuer's rules granted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    maps: Vec<String>,
 }
 
 /// What a verified token says.
 #[derive(Clone, Debug)]
 pub struct Verified {
-    /// `None` for an anonymous session.
-    pub subject: Option<TokenName>,
-    pub binding: Option<Binding>,
+    pub holder: Holder,
     pub access: Access,
     pub expires_at: i64,
 }
@@ -84,8 +112,7 @@ pub struct Verified {
 /// What to put in a new token.
 pub struct Mint<'a> {
     pub token_use: Use,
-    pub subject: Option<&'a TokenName>,
-    pub binding: Option<&'a Binding>,
+    pub holder: &'a Holder,
     pub access: &'a Access,
     pub issued_at: i64,
     pub expires_at: i64,
@@ -118,6 +145,11 @@ impl Issuer {
         &self.keys
     }
 
+    /// Whether a token names one of our keys (else it may be an external issuer's).
+    pub fn is_ours(&self, token: &str) -> bool {
+        jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid).is_some_and(|kid| self.keys.get(&kid).is_some())
+    }
+
     pub fn mint(&self, m: &Mint<'_>) -> Result<String, JwtError> {
         let key = self.keys.current();
         let mut header = Header::new(Algorithm::ES256);
@@ -135,9 +167,17 @@ impl Issuer {
         if m.access.catalog {
             access.push(AccessEntry { kind: "registry".into(), name: "catalog".into(), actions: vec!["*".into()] });
         }
+        let (sub, kind, cred, ext, maps) = match m.holder {
+            Holder::Anonymous => (String::new(), None, None, None, vec![]),
+            Holder::Token { name, binding } => (name.to_string(), Some(Kind::Token), Some(binding.encode()), None, vec![]),
+            Holder::ApiKey { name, key_id } => (name.to_string(), Some(Kind::Apikey), Some(key_id.clone()), None, vec![]),
+            Holder::External { issuer, subject, maps } => {
+                (subject.clone(), Some(Kind::External), None, Some(issuer.clone()), maps.iter().map(ToString::to_string).collect())
+            }
+        };
         let claims = Claims {
             iss: self.issuer.clone(),
-            sub: m.subject.map(ToString::to_string).unwrap_or_default(),
+            sub,
             aud: self.service.clone(),
             exp: m.expires_at,
             nbf: m.issued_at,
@@ -145,7 +185,10 @@ impl Issuer {
             jti: random_id().map_err(|_| JwtError::Sign)?,
             token_use: m.token_use,
             access,
-            cred: m.binding.map(Binding::encode),
+            kind,
+            cred,
+            ext,
+            maps,
         };
         jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|_| JwtError::Sign)
     }
@@ -176,10 +219,21 @@ impl Issuer {
         if c.token_use != want {
             return Err(JwtError::Invalid);
         }
-        let subject = if c.sub.is_empty() { None } else { Some(TokenName::parse(&c.sub).map_err(|_| JwtError::Invalid)?) };
-        let binding = match c.cred {
-            Some(s) => Some(Binding::decode(&s).ok_or(JwtError::Invalid)?),
-            None => None,
+        let holder = match (c.kind, c.cred, c.ext) {
+            (None, None, None) if c.sub.is_empty() => Holder::Anonymous,
+            (Some(Kind::Token), Some(cred), None) => Holder::Token {
+                name: TokenName::parse(&c.sub).map_err(|_| JwtError::Invalid)?,
+                binding: Binding::decode(&cred).ok_or(JwtError::Invalid)?,
+            },
+            (Some(Kind::Apikey), Some(cred), None) => {
+                Holder::ApiKey { name: KeyName::parse(&c.sub).map_err(|_| JwtError::Invalid)?, key_id: cred }
+            }
+            (Some(Kind::External), None, Some(issuer)) => Holder::External {
+                issuer,
+                subject: c.sub,
+                maps: c.maps.iter().map(|m| MapName::parse(m)).collect::<Result<_, _>>().map_err(|_| JwtError::Invalid)?,
+            },
+            _ => return Err(JwtError::Invalid),
         };
         let mut access = Access::default();
         for e in c.access {
@@ -193,7 +247,7 @@ impl Issuer {
                 _ => return Err(JwtError::Invalid),
             }
         }
-        Ok(Verified { subject, binding, access, expires_at: c.exp })
+        Ok(Verified { holder, access, expires_at: c.exp })
     }
 }
 
@@ -219,22 +273,20 @@ mod tests {
         let mut access = Access::default();
         access.add(RepoName::parse("a/b").unwrap(), ActionSet::of(&[Action::ContentRead, Action::MetadataRead]));
         access.catalog = true;
-        let name = TokenName::parse("ci").unwrap();
-        let binding = Binding { slot: Slot::Password2, password_id: "abc".into() };
-        let t = iss
-            .mint(&Mint {
-                token_use: Use::Access,
-                subject: Some(&name),
-                binding: Some(&binding),
-                access: &access,
-                issued_at: now(),
-                expires_at: now() + 300,
-            })
-            .unwrap();
-        let v = iss.verify(&t, Use::Access, now()).unwrap();
-        assert_eq!(v.access, access);
-        assert_eq!(v.subject, Some(name));
-        assert_eq!(v.binding, Some(binding));
+        let holders = [
+            Holder::Token { name: TokenName::parse("ci").unwrap(), binding: Binding { slot: Slot::Password2, password_id: "abc".into() } },
+            Holder::ApiKey { name: KeyName::parse("deploy").unwrap(), key_id: "k1".into() },
+            Holder::External { issuer: "idp".into(), subject: "user@example.com".into(), maps: vec![MapName::parse("_repositories_pull").unwrap()] },
+            Holder::Anonymous,
+        ];
+        for holder in &holders {
+            let t = iss.mint(&Mint { token_use: Use::Access, holder, access: &access, issued_at: now(), expires_at: now() + 300 }).unwrap();
+            let v = iss.verify(&t, Use::Access, now()).unwrap();
+            assert_eq!(v.access, access);
+            assert_eq!(&v.holder, holder);
+        }
+        let holder = &holders[0];
+        let t = iss.mint(&Mint { token_use: Use::Access, holder, access: &access, issued_at: now(), expires_at: now() + 300 }).unwrap();
         // a session is not a refresh token
         assert!(iss.verify(&t, Use::Refresh, now()).is_err());
         // another gateway's key does not verify
@@ -250,8 +302,7 @@ mod tests {
         let t = iss
             .mint(&Mint {
                 token_use: Use::Access,
-                subject: None,
-                binding: None,
+                holder: &Holder::Anonymous,
                 access: &Access::default(),
                 issued_at: now() - 600,
                 expires_at: now() - 300,

@@ -21,12 +21,12 @@ use time::OffsetDateTime;
 
 use crate::access::{Access, ActionSet};
 use crate::auth::secret::Secret;
-use crate::auth::{AuthFailure, Authenticator, Credential};
+use crate::auth::{subject_of, AuthFailure, Authenticator, Credential, Login};
 use crate::body::{full, Body};
 use crate::config::TokenSettings;
-use crate::policy::{CredentialKind, Policy, Principal, Subject, TokenName};
+use crate::policy::{CredentialKind, Policy, Principal, Subject};
 use crate::reject::{Code, Rejection};
-use jwt::{Binding, Mint, Use};
+use jwt::{Holder, Mint, Use};
 use scope::Scope;
 
 /// Largest form body accepted on `POST /token`.
@@ -87,48 +87,47 @@ where
         }
     }
 
-    // who is asking, and which password (if any) the tokens will be bound to
-    let (principal, binding, reuse_refresh) = match (&tr.grant, &credential) {
+    // who is asking, and what the tokens will be bound to
+    let (login, reuse_refresh) = match (&tr.grant, &credential) {
         (Grant::Refresh(t), _) => {
-            let (name, binding) = auth.verify_refresh(t, policy, now).map_err(login_failure)?;
-            (token_principal(name, CredentialKind::Session), Some(binding), Some(t.clone()))
+            let holder = auth.verify_refresh(t, policy, now).map_err(login_failure)?;
+            (Login { holder, not_after: None }, Some(t.clone()))
         }
-        (Grant::Password { username, password }, _) => {
-            let (name, binding) = auth.verify_password(username, password, policy, now).map_err(login_failure)?;
-            (token_principal(name, CredentialKind::Basic), Some(binding), None)
+        (Grant::Password { username, password }, _) | (Grant::Header, Credential::Basic { username, password }) => {
+            (auth.login(username, password, policy, now).await.map_err(login_failure)?, None)
         }
-        (Grant::Header, Credential::Basic { username, password }) => {
-            let (name, binding) = auth.verify_password(username, password, policy, now).map_err(login_failure)?;
-            (token_principal(name, CredentialKind::Basic), Some(binding), None)
-        }
-        (Grant::Header, Credential::None) => (Principal::anonymous(), None, None),
+        (Grant::Header, Credential::None) => (Login { holder: Holder::Anonymous, not_after: None }, None),
         (Grant::Header, Credential::Bearer(_)) => {
             return Err(Rejection::unauthenticated("the token endpoint takes Basic credentials or a refresh token, not a Bearer token"))
         }
     };
+    let principal = Principal {
+        subject: subject_of(&login.holder),
+        credential: if reuse_refresh.is_some() { CredentialKind::Session } else { credential.kind() },
+        session: None,
+    };
 
     let access = grant(policy, &principal, &tr.scopes);
-    let subject_name = match &principal.subject {
-        Subject::Token(n) => Some(n),
-        Subject::Anonymous => None,
-    };
     let issued_at = now.unix_timestamp();
     let lifetime = i64::try_from(settings.lifetime.as_secs()).unwrap_or(300);
+    // a token never outlives the external JWT that earned it
+    let expires_at = login.not_after.map_or(issued_at + lifetime, |n| n.min(issued_at + lifetime));
+    let holder = &login.holder;
     let token = auth
         .issuer()
-        .mint(&Mint { token_use: Use::Access, subject: subject_name, binding: binding.as_ref(), access: &access, issued_at, expires_at: issued_at + lifetime })
+        .mint(&Mint { token_use: Use::Access, holder, access: &access, issued_at, expires_at })
         .map_err(|e| Rejection::internal(e.to_string()))?;
 
-    let refresh = match (tr.offline, reuse_refresh, subject_name, &binding) {
-        (true, Some(same), _, _) => Some(same),
-        (true, None, Some(name), Some(b)) => Some(mint_refresh(auth, policy, name, b, settings, issued_at)?),
-        _ => None,
+    let refresh = match (tr.offline, reuse_refresh, holder) {
+        (true, Some(same), _) => Some(same),
+        (false, _, _) | (true, None, Holder::Anonymous) => None,
+        (true, None, _) => Some(mint_refresh(auth, policy, &login, settings, issued_at)?),
     };
 
     let mut body = serde_json::Map::new();
     body.insert("token".into(), token.clone().into());
     body.insert("access_token".into(), token.into());
-    body.insert("expires_in".into(), lifetime.into());
+    body.insert("expires_in".into(), (expires_at - issued_at).max(0).into());
     body.insert("issued_at".into(), now.format(&Rfc3339).unwrap_or_default().into());
     if let Some(r) = refresh {
         body.insert("refresh_token".into(), r.into());
@@ -142,10 +141,6 @@ where
     *resp.status_mut() = StatusCode::OK;
     let issued = Issued { subject: principal.subject, credential: principal.credential, repositories: access.repositories.len() };
     Ok((resp, issued))
-}
-
-fn token_principal(name: TokenName, credential: CredentialKind) -> Principal {
-    Principal { subject: Subject::Token(name), credential, session: None }
 }
 
 /// Requested ∩ held, per resource; repeated resources add up.
@@ -168,22 +163,20 @@ fn grant(policy: &Policy, p: &Principal, scopes: &[Scope]) -> Access {
     access
 }
 
-/// A refresh token lives for the configured time, but never past its password's expiry.
-fn mint_refresh(
-    auth: &Authenticator,
-    policy: &Policy,
-    name: &TokenName,
-    binding: &Binding,
-    settings: &TokenSettings,
-    issued_at: i64,
-) -> Result<String, Rejection> {
+/// A refresh token lives for the configured time, but never past the expiry of the
+/// password, key or external JWT that earned it.
+fn mint_refresh(auth: &Authenticator, policy: &Policy, login: &Login, settings: &TokenSettings, issued_at: i64) -> Result<String, Rejection> {
     let mut expires_at = issued_at + i64::try_from(settings.refresh_lifetime.as_secs()).unwrap_or(i64::MAX / 2);
-    let expiry = policy.token(name).and_then(|t| t.password(binding.slot)).and_then(|p| p.expiry);
-    if let Some(e) = expiry {
-        expires_at = expires_at.min(e.unix_timestamp());
+    let credential_expiry = match &login.holder {
+        Holder::Token { name, binding } => policy.token(name).and_then(|t| t.password(binding.slot)).and_then(|p| p.expiry),
+        Holder::ApiKey { name, .. } => policy.api_key(name).and_then(|k| k.expiry),
+        Holder::External { .. } | Holder::Anonymous => None,
+    };
+    for cap in credential_expiry.map(|e| e.unix_timestamp()).into_iter().chain(login.not_after) {
+        expires_at = expires_at.min(cap);
     }
     auth.issuer()
-        .mint(&Mint { token_use: Use::Refresh, subject: Some(name), binding: Some(binding), access: &Access::default(), issued_at, expires_at })
+        .mint(&Mint { token_use: Use::Refresh, holder: &login.holder, access: &Access::default(), issued_at, expires_at })
         .map_err(|e| Rejection::internal(e.to_string()))
 }
 
