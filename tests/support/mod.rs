@@ -176,6 +176,12 @@ impl Harness {
     }
 
     pub async fn start_on(upstream: FakeRegistry, data: tempfile::TempDir) -> Harness {
+        Self::start_configured(upstream, data, |_| {}).await
+    }
+
+    /// Starts with a configuration adjusted by `f` (listeners, upstream and data directory
+    /// are the harness's).
+    pub async fn start_configured(upstream: FakeRegistry, data: tempfile::TempDir, f: impl FnOnce(&mut RawConfig)) -> Harness {
         let o = Overrides {
             listen: Some("127.0.0.1:0".into()),
             admin_listen: Some("127.0.0.1:0".into()),
@@ -183,7 +189,9 @@ impl Harness {
             data_dir: Some(data.path().to_owned()),
             public_url: None,
         };
-        let config = RawConfig::default().apply(&o).validate().unwrap();
+        let mut raw = RawConfig::default();
+        f(&mut raw);
+        let config = raw.apply(&o).validate().unwrap();
         let public = TcpListener::bind(config.listen).await.unwrap();
         let admin = TcpListener::bind(config.admin_listen).await.unwrap();
         let gw = server::start(config, public, admin, AdminToken::Given(Secret::new(ADMIN.into()))).await.unwrap();
