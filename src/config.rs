@@ -541,6 +541,28 @@ mod tests {
     }
 
     #[test]
+    fn issuers_are_validated() {
+        let base = "issuers:\n  - name: idp\n    issuer: https://id.example\n    audience: reg\n";
+        let ok = format!("{base}    jwks_url: https://id.example/jwks\n    context: c1\n    rules:\n      - {{claim: roles, value: 'admin/{{context}}', scope_map: _repositories_admin}}\n");
+        let c = RawConfig::from_yaml(&ok).unwrap().validate().unwrap();
+        assert_eq!(c.issuers[0].rules[0].value, "admin/c1");
+        let bad = [
+            format!("{base}    jwks_url: http://id.example/jwks\n"),
+            format!("{base}    jwks_url: https://id.example/jwks\n    jwks_file: /x\n"),
+            format!("{base}\n"),
+            format!("{base}    jwks_file: /x\n    algorithms: [HS256]\n"),
+            format!("{base}    jwks_file: /x\n    algorithms: [XX999]\n"),
+            format!("{base}    jwks_file: /x\n    rules:\n      - {{claim: roles, value: 'admin/{{context}}', scope_map: m}}\n"),
+            format!("{base}    jwks_file: /x\n    context: c\n    rules:\n      - {{claim: roles, value: 'admin/{{other}}', scope_map: m}}\n"),
+            "issuers:\n  - name: idp\n    issuer: scopegate\n    audience: reg\n    jwks_file: /x\n".to_owned(),
+        ];
+        for y in bad {
+            assert!(RawConfig::from_yaml(&y).unwrap().validate().is_err(), "{y}");
+        }
+        assert!(RawConfig::from_yaml(&format!("{base}    jwks_file: /x\n    typo: 1\n")).is_err());
+    }
+
+    #[test]
     fn overrides_beat_the_file() {
         let raw = RawConfig::from_yaml("listen: 127.0.0.1:7000\n").unwrap();
         let o = Overrides { listen: Some("127.0.0.1:7001".into()), ..Overrides::default() };
