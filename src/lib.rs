@@ -18,3 +18,4 @@ pub mod cli;
 pub mod clock;
 pub mod repository;
 pub mod tls;
+pub mod metrics;

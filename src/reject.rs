@@ -265,9 +265,9 @@ impl From<crate::policy::Denial> for Rejection {
             Denial::Unauthenticated { hints } => {
                 Rejection::unauthorized(Challenge { scopes: hints, error: None }, "authentication required")
             }
-            Denial::InsufficientScope { hints, .. } => Rejection::unauthorized(
+            Denial::InsufficientScope { hints, reason } => Rejection::unauthorized(
                 Challenge { scopes: hints, error: Some(ChallengeError::InsufficientScope) },
-                "requested access to the resource is denied (insufficient scope)",
+                format!("requested access to the resource is denied: {reason}"),
             ),
             Denial::Denied { reason } => Rejection::denied(format!("requested access to the resource is denied: {reason}")),
             Denial::Locked { repo, lock } => Rejection::denied(format!("repository {repo} is {lock}")),

@@ -129,12 +129,17 @@ impl RegistryClient {
     }
 
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
-        let (status, _, v) = self.http.send(method, &format!("{}{path}", self.base), Some(&self.bearer), body).await?;
+        let (status, headers, v) = self.http.send(method, &format!("{}{path}", self.base), Some(&self.bearer), body).await?;
         if status.is_success() {
-            Ok(v)
-        } else {
-            Err(failure(status, &v, "the registry"))
+            return Ok(v);
         }
+        // a valid token without the access: denied, not a failed login
+        let challenge = headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let insufficient = bearer_params(challenge).is_some_and(|p| param(&p, "error").as_deref() == Some("insufficient_scope"));
+        if status == StatusCode::UNAUTHORIZED && insufficient {
+            return Err(CliError::refused(v.pointer("/errors/0/message").and_then(Value::as_str).unwrap_or("denied").to_owned()));
+        }
+        Err(failure(status, &v, "the registry"))
     }
 }
 

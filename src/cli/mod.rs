@@ -435,6 +435,11 @@ async fn run(cli: Cli, matches: &ArgMatches) -> Result<(), CliError> {
         }
         Command::Apikey { command } => apikey(&admin_client(&cli.client)?, command, cli.client.output).await,
         Command::Check { token, apikey, anonymous, repository, action } => {
+            if crate::access::Action::parse(&action).is_none() {
+                return Err(CliError::usage(format!(
+                    "invalid --action {action:?}: expected content/read, content/write, content/delete, metadata/read or metadata/write"
+                )));
+            }
             let who: (&str, String) = match (token, apikey) {
                 (Some(t), _) => ("token", t),
                 (None, Some(k)) => ("apikey", k),
