@@ -43,6 +43,13 @@ pub struct RawConfig {
     pub token: RawToken,
     pub limits: RawLimits,
     pub log: RawLog,
+    pub audit: RawAudit,
+    /// TLS on the public listener (plain HTTP without it, e.g. behind an ingress).
+    pub tls: Option<RawTls>,
+    /// Trust for an https:// upstream.
+    pub upstream_tls: Option<RawUpstreamTls>,
+    /// How long in-flight requests may run on after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
     pub anonymous: RawAnonymous,
     /// External identity providers whose JWTs are accepted (`bearer:<jwt>`, `Bearer <jwt>`).
     pub issuers: Vec<RawIssuer>,
@@ -126,6 +133,8 @@ pub struct RawToken {
     pub issuer: String,
     pub lifetime_secs: u64,
     pub refresh_lifetime_secs: u64,
+    /// PKCS#8 PEM of an EC P-256 key to sign with (else one is generated and stored).
+    pub signing_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +151,35 @@ pub struct RawLimits {
 pub struct RawLog {
     pub format: String,
     pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAudit {
+    /// stdout, stderr, off, or a file path (appended).
+    pub output: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit { output: "stdout".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain; re-read when it changes on disk.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM bundle of the CAs that sign the upstream's certificate.
+    pub ca_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -162,6 +200,10 @@ impl Default for RawConfig {
             token: RawToken::default(),
             limits: RawLimits::default(),
             log: RawLog::default(),
+            audit: RawAudit::default(),
+            tls: None,
+            upstream_tls: None,
+            shutdown_grace_secs: 30,
             anonymous: RawAnonymous::default(),
             issuers: Vec::new(),
         }
@@ -176,7 +218,13 @@ impl Default for RawAdmin {
 
 impl Default for RawToken {
     fn default() -> Self {
-        RawToken { service: "scopegate".into(), issuer: "scopegate".into(), lifetime_secs: 300, refresh_lifetime_secs: 90 * 24 * 3600 }
+        RawToken {
+            service: "scopegate".into(),
+            issuer: "scopegate".into(),
+            lifetime_secs: 300,
+            refresh_lifetime_secs: 90 * 24 * 3600,
+            signing_key_file: None,
+        }
     }
 }
 
@@ -238,6 +286,7 @@ pub struct TokenSettings {
     pub issuer: String,
     pub lifetime: Duration,
     pub refresh_lifetime: Duration,
+    pub signing_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -374,6 +423,12 @@ pub struct Config {
     pub log_level: String,
     pub anonymous_scope_map: Option<MapName>,
     pub issuers: Vec<IssuerSettings>,
+    pub audit: crate::audit::AuditOutput,
+    /// Certificate and key of the public listener.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// CA bundle for an https:// upstream (the Mozilla roots without it).
+    pub upstream_ca_file: Option<PathBuf>,
+    pub shutdown_grace: Duration,
 }
 
 impl RawConfig {
@@ -415,8 +470,8 @@ impl RawConfig {
             s.parse().map_err(|_| invalid(field, format!("{s:?} is not an address like 127.0.0.1:5000")))
         };
         let upstream = Origin::parse("upstream", &self.upstream)?;
-        if upstream.scheme != Scheme::HTTP {
-            return Err(invalid("upstream", "only http:// upstreams are supported in this version"));
+        if self.upstream_tls.is_some() && upstream.scheme != Scheme::HTTPS {
+            return Err(invalid("upstream_tls", "is set but the upstream is not https://"));
         }
         let t = &self.token;
         if t.lifetime_secs < 60 || t.lifetime_secs > 24 * 3600 {
@@ -450,6 +505,12 @@ impl RawConfig {
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| invalid("log.level", e.to_string()))?;
         let anonymous_scope_map =
             self.anonymous.scope_map.as_deref().map(MapName::parse).transpose().map_err(|e| invalid("anonymous.scope_map", e))?;
+        if self.audit.output.is_empty() {
+            return Err(invalid("audit.output", "give stdout, stderr, off or a file path"));
+        }
+        if self.shutdown_grace_secs > 3600 {
+            return Err(invalid("shutdown_grace_secs", "must be at most 3600"));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -473,6 +534,7 @@ impl RawConfig {
                 issuer: t.issuer.clone(),
                 lifetime: Duration::from_secs(t.lifetime_secs),
                 refresh_lifetime: Duration::from_secs(t.refresh_lifetime_secs),
+                signing_key_file: t.signing_key_file.clone(),
             },
             limits: Limits {
                 page: PageLimits { catalog_max_n: l.catalog_max_n, tags_max_n: l.tags_max_n },
@@ -483,6 +545,10 @@ impl RawConfig {
             log_level: self.log.level,
             anonymous_scope_map,
             issuers,
+            audit: crate::audit::AuditOutput::parse(&self.audit.output),
+            tls: self.tls.map(|t| (t.cert_file, t.key_file)),
+            upstream_ca_file: self.upstream_tls.map(|u| u.ca_file),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
         })
     }
 }

@@ -1,27 +1,69 @@
 //! The public listener's request handler: the pipeline of DESIGN §1, in order, once.
 //!
 //! ```text
-//! /token ─► token::handle
-//! /v2…   ─► route::classify ─► Credential::extract ─► Authenticator::authenticate
-//!           ─► Policy::decide ─► Upstream::forward          (any step fails ─► reject)
+//! /token          ─► token::handle
+//! /v2…, /scopegate/v1/…
+//!   ─► route::classify ─► Credential::extract ─► Authenticator::authenticate
+//!   ─► Policy::decide ─► Upstream::forward | repository::handle     (any step fails ─► reject)
 //! ```
 //! Each step hands the next a typed value (`Route`, `Principal`, `Grant`); nothing later
 //! re-reads the URI or the `Authorization` header. Every `/v2` response carries
-//! `Docker-Distribution-API-Version`. This module holds no policy of its own.
+//! `Docker-Distribution-API-Version`, every response an `X-Request-Id`. What happened is
+//! recorded once, at the end: one metrics update and one audit line per request.
+//! This module holds no policy of its own.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, Request, Response};
-use tracing::{debug, info};
+use http::{header, HeaderValue, Method, Request, Response};
+use time::format_description::well_known::Rfc3339;
 
+use crate::access::Requirement;
+use crate::audit::Event;
 use crate::auth::Credential;
 use crate::body::{Body, BoxError};
+use crate::metrics::Outcome;
+use crate::policy::{CredentialKind, Subject};
 use crate::proxy;
-use crate::reject::{Code, Rejection};
+use crate::reject::{Code, Fault, Rejection};
 use crate::route::{self, Endpoint};
-use crate::state::State;
+use crate::state::{Runtime, State};
+
+/// What the audit line and the metrics say about a request; filled in as it goes.
+struct Trace {
+    endpoint: &'static str,
+    repository: Option<String>,
+    action: Option<&'static str>,
+    credential: CredentialKind,
+    subject: Option<String>,
+    outcome: Outcome,
+    reason: Option<String>,
+}
+
+impl Trace {
+    fn new(endpoint: &'static str) -> Trace {
+        Trace { endpoint, repository: None, action: None, credential: CredentialKind::None, subject: None, outcome: Outcome::Rejected, reason: None }
+    }
+}
+
+fn subject_name(s: &Subject) -> Option<String> {
+    match s {
+        Subject::Token(t) => Some(t.to_string()),
+        Subject::ApiKey(k) => Some(format!("apikey/{k}")),
+        Subject::External { issuer, subject, .. } => Some(format!("{issuer}/{subject}")),
+        Subject::Anonymous => None,
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter.
+fn request_id() -> String {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = *PREFIX.get_or_init(|| crate::auth::secret::random_bytes::<4>().map(u32::from_be_bytes).unwrap_or(0));
+    format!("{prefix:08x}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
 
 /// Serves one request on the public listener.
 pub async fn handle<B>(state: Arc<State>, req: Request<B>, peer: SocketAddr) -> Response<Body>
@@ -29,38 +71,94 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let rt = state.runtime();
+    let id = request_id();
+    let method = req.method().clone();
     let path = req.uri().path();
-    if path == "/token" {
-        let policy = state.policy();
-        return match crate::token::handle(req, &policy, &state.auth, &state.config.token, state.clock.now()).await {
-            Ok((resp, issued)) => {
-                info!(target: "scopegate::token", client = %peer, subject = ?issued.subject, credential = issued.credential.as_str(), repositories = issued.repositories, "token issued");
-                resp
-            }
-            Err(r) => {
-                info!(target: "scopegate::token", client = %peer, status = r.status.as_u16(), reason = %r.message, "token refused");
-                r.to_response(&state.realm, &state.config.token.service)
-            }
-        };
-    }
-    if path == "/v2" || path.starts_with("/v2/") || path.starts_with(route::REPOSITORY_API) {
-        let method = req.method().clone();
-        let mut resp = match v2(&state, req, peer).await {
+    state.metrics.in_flight.inc();
+    let (mut resp, trace) = if path == "/token" {
+        token(&state, &rt, req).await
+    } else if path == "/v2" || path.starts_with("/v2/") || path.starts_with(route::REPOSITORY_API) {
+        let mut trace = Trace::new("unrouted");
+        let mut resp = match registry(&state, &rt, req, &mut trace).await {
             Ok(r) => r,
             Err(r) => {
-                debug!(client = %peer, %method, status = r.status.as_u16(), code = r.code.as_str(), reason = %r.message, "request refused");
-                r.to_response(&state.realm, &state.config.token.service)
+                trace.outcome = match (trace.outcome, r.fault) {
+                    (_, Fault::Upstream | Fault::Internal) => Outcome::Failed,
+                    (o, Fault::Client) => o,
+                };
+                if trace.reason.is_none() {
+                    trace.reason = Some(r.message.to_string());
+                }
+                r.to_response(&rt.realm, &rt.config.token.service)
             }
         };
         let (k, v) = proxy::api_version_header();
         resp.headers_mut().insert(k, v);
-        return resp;
+        (resp, trace)
+    } else {
+        let r = Rejection::not_found(Code::NotFound, "not found (registry API is under /v2/, tokens at /token)");
+        let mut t = Trace::new("other");
+        t.reason = Some(r.message.to_string());
+        (r.to_response(&rt.realm, &rt.config.token.service), t)
+    };
+    state.metrics.in_flight.dec();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(header::HeaderName::from_static("x-request-id"), v);
     }
-    Rejection::not_found(Code::NotFound, "not found (registry API is under /v2/, tokens at /token)")
-        .to_response(&state.realm, &state.config.token.service)
+    record(&state, &rt, &id, peer, &method, &trace, resp.status().as_u16());
+    resp
 }
 
-async fn v2<B>(state: &Arc<State>, req: Request<B>, peer: SocketAddr) -> Result<Response<Body>, Rejection>
+fn record(state: &State, rt: &Runtime, id: &str, peer: SocketAddr, method: &Method, t: &Trace, status: u16) {
+    let outcome = if t.outcome == Outcome::Allowed && status >= 500 { Outcome::Failed } else { t.outcome };
+    if t.endpoint == "token" {
+        let o = if outcome == Outcome::Allowed { "issued" } else { "refused" };
+        state.metrics.token_requests.with_label_values(&[t.credential.as_str(), o]).inc();
+    } else {
+        state.metrics.requests.with_label_values(&[t.endpoint, t.action.unwrap_or("none"), outcome.as_str(), t.credential.as_str()]).inc();
+    }
+    rt.audit.record(&Event {
+        time: state.clock.now().format(&Rfc3339).unwrap_or_default(),
+        request_id: id,
+        client: peer.ip().to_string(),
+        endpoint: t.endpoint,
+        method: method.as_str(),
+        credential: t.credential.as_str(),
+        subject: t.subject.clone(),
+        repository: t.repository.as_deref(),
+        action: t.action,
+        outcome: outcome.as_str(),
+        status,
+        reason: t.reason.as_deref(),
+    });
+}
+
+async fn token<B>(state: &State, rt: &Runtime, req: Request<B>) -> (Response<Body>, Trace)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut t = Trace::new("token");
+    t.credential = Credential::extract(req.headers()).map(|c| c.kind()).unwrap_or(CredentialKind::None);
+    let policy = state.policy();
+    match crate::token::handle(req, &policy, &rt.auth, &rt.config.token, state.clock.now()).await {
+        Ok((resp, issued)) => {
+            t.outcome = Outcome::Allowed;
+            t.credential = issued.credential;
+            t.subject = subject_name(&issued.subject);
+            t.reason = Some(format!("granted access to {} repositories", issued.repositories));
+            (resp, t)
+        }
+        Err(r) => {
+            t.outcome = if r.status == http::StatusCode::UNAUTHORIZED { Outcome::Unauthenticated } else { Outcome::Rejected };
+            t.reason = Some(r.message.to_string());
+            (r.to_response(&rt.realm, &rt.config.token.service), t)
+        }
+    }
+}
+
+async fn registry<B>(state: &Arc<State>, rt: &Runtime, req: Request<B>, t: &mut Trace) -> Result<Response<Body>, Rejection>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -70,29 +168,30 @@ where
         req.uri().path(),
         req.uri().query(),
         req.headers().get(header::CONTENT_TYPE),
-        state.config.limits.page,
+        rt.config.limits.page,
     )?;
+    t.endpoint = route.kind().as_str();
+    t.repository = route.repo().map(|r| r.to_string());
     let need = route.requirement();
+    if let Requirement::Repository { action, .. } = need {
+        t.action = Some(action.as_str());
+    }
+    t.outcome = Outcome::Unauthenticated;
     let credential = Credential::extract(req.headers()).map_err(|f| Rejection::auth_failed(f, need.hints()))?;
+    t.credential = credential.kind();
     let policy = state.policy();
-    let principal = state.auth.authenticate(&credential, &policy, state.clock.now()).await.map_err(|f| {
-        info!(target: "scopegate::audit", client = %peer, endpoint = route.kind().as_str(), method = %route.method,
-              repository = route.repo().map(|r| r.as_str()).unwrap_or(""), credential = credential.kind().as_str(),
-              outcome = "unauthenticated", reason = %f.reason, "decision");
-        Rejection::auth_failed(f, need.hints())
-    })?;
+    let principal = rt.auth.authenticate(&credential, &policy, state.clock.now()).await.map_err(|f| Rejection::auth_failed(f, need.hints()))?;
+    t.credential = principal.credential;
+    t.subject = subject_name(&principal.subject);
     let grant = policy.decide(&principal, need).map_err(|d| {
-        info!(target: "scopegate::audit", client = %peer, endpoint = route.kind().as_str(), method = %route.method,
-              repository = route.repo().map(|r| r.as_str()).unwrap_or(""), credential = principal.credential.as_str(),
-              subject = ?principal.subject, outcome = "denied", reason = %d.reason(), "decision");
+        t.outcome = if matches!(d, crate::policy::Denial::Unauthenticated { .. }) { Outcome::Unauthenticated } else { Outcome::Denied };
+        t.reason = Some(d.reason());
         Rejection::from(d)
     })?;
-    debug!(target: "scopegate::audit", client = %peer, endpoint = route.kind().as_str(), method = %route.method,
-           repository = route.repo().map(|r| r.as_str()).unwrap_or(""), credential = principal.credential.as_str(),
-           subject = ?principal.subject, outcome = "allowed", "decision");
+    t.outcome = Outcome::Allowed;
     match &route.endpoint {
         Endpoint::Base => Ok(proxy::base_ok()),
-        Endpoint::Repository { repo, op } => crate::repository::handle(state, req, repo, op, &grant).await,
-        _ => state.upstream.forward(req, &route, &grant).await,
+        Endpoint::Repository { repo, op } => crate::repository::handle(state, rt, req, repo, op, &grant).await,
+        _ => rt.upstream.forward(req, &route, &grant).await,
     }
 }

@@ -19,3 +19,4 @@ pub mod clock;
 pub mod repository;
 pub mod tls;
 pub mod metrics;
+pub mod audit;

@@ -28,7 +28,7 @@ use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::policy::{Attributes, Grant};
 use crate::reject::{Code, Rejection};
 use crate::route::RepoOp;
-use crate::state::State;
+use crate::state::{Runtime, State};
 use crate::store::UntagJournal;
 
 /// Every manifest type a registry may hold, for `Accept`.
@@ -38,12 +38,12 @@ application/vnd.docker.distribution.manifest.v1+prettyjws";
 const MAX_JSON: usize = 4 * 1024 * 1024;
 
 /// Serves one repository API request.
-pub async fn handle<B>(state: &Arc<State>, req: Request<B>, repo: &RepoName, op: &RepoOp, grant: &Grant) -> Result<Response<Body>, Rejection>
+pub async fn handle<B>(state: &Arc<State>, rt: &Runtime, req: Request<B>, repo: &RepoName, op: &RepoOp, grant: &Grant) -> Result<Response<Body>, Rejection>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let ops = Ops { state, grant, repo };
+    let ops = Ops { state, rt, grant, repo };
     let v = match op {
         RepoOp::Show => ops.show().await?,
         RepoOp::Update => ops.update(read_json(req).await?).await?,
@@ -93,13 +93,14 @@ struct Resolved {
 
 struct Ops<'a> {
     state: &'a Arc<State>,
+    rt: &'a Runtime,
     grant: &'a Grant,
     repo: &'a RepoName,
 }
 
 impl Ops<'_> {
     async fn call(&self, method: Method, target: &str, headers: &[(HeaderName, &str)], body: Body) -> Result<Response<Incoming>, Rejection> {
-        self.state.upstream.call(self.grant, method, target, headers, body).await
+        self.rt.upstream.call(self.grant, method, target, headers, body).await
     }
 
     fn attributes_view(&self, a: &Attributes) -> Value {
@@ -112,7 +113,7 @@ impl Ops<'_> {
     }
 
     fn registry(&self) -> String {
-        let o = &self.state.public_origin;
+        let o = &self.rt.public_origin;
         o.split_once("://").map(|(_, h)| h.to_owned()).unwrap_or_else(|| o.clone())
     }
 
@@ -303,7 +304,7 @@ impl Ops<'_> {
 
     async fn untag(&self, tag: &Tag) -> Result<Value, Rejection> {
         let _one_at_a_time = self.state.untag_lock.lock().await;
-        replay_journal(self.state, self.grant).await;
+        replay_journal(self.state, self.rt, self.grant).await;
         let target = self.require(tag.as_str()).await?;
         // distribution 3: a native untag
         let resp = self.call(Method::DELETE, &format!("/v2/{}/manifests/{tag}", self.repo), &[], empty()).await?;
@@ -339,7 +340,7 @@ impl Ops<'_> {
             .map_err(|e| Rejection::internal(e.to_string()))?
             .map_err(|e| Rejection::internal(e.to_string()))?;
         self.delete_digest(&target.digest).await?;
-        restore(self.state, self.grant, &journal).await?;
+        restore(self.state, self.rt, self.grant, &journal).await?;
         info!(target: "scopegate::audit", repository = %self.repo, %tag, digest = %target.digest, "tag removed (manifest deleted and restored without it)");
         Ok(json!({"untagged": tag.as_str(), "digest": target.digest.as_str()}))
     }
@@ -355,12 +356,12 @@ impl Ops<'_> {
 }
 
 /// Puts a journaled manifest back with the tags it keeps, then closes the journal entry.
-async fn restore(state: &Arc<State>, grant: &Grant, j: &UntagJournal) -> Result<(), Rejection> {
+async fn restore(state: &Arc<State>, rt: &Runtime, grant: &Grant, j: &UntagJournal) -> Result<(), Rejection> {
     let ct = [(header::CONTENT_TYPE, j.media_type.as_str())];
     let refs = std::iter::once(j.digest.as_str()).chain(j.keep_tags.iter().map(Tag::as_str));
     for r in refs {
         let body = full(Bytes::from(j.manifest.clone()));
-        let resp = state.upstream.call(grant, Method::PUT, &format!("/v2/{}/manifests/{r}", j.repo), &ct, body).await?;
+        let resp = rt.upstream.call(grant, Method::PUT, &format!("/v2/{}/manifests/{r}", j.repo), &ct, body).await?;
         if resp.status() != StatusCode::CREATED && resp.status() != StatusCode::OK {
             return Err(upstream_status("restoring a manifest", resp.status()));
         }
@@ -375,7 +376,7 @@ async fn restore(state: &Arc<State>, grant: &Grant, j: &UntagJournal) -> Result<
 
 /// Finishes untags a previous run left half-done. Needs a grant like every upstream call;
 /// the caller holds the untag lock.
-pub async fn replay_journal(state: &Arc<State>, grant: &Grant) {
+pub async fn replay_journal(state: &Arc<State>, rt: &Runtime, grant: &Grant) {
     let store = Arc::clone(&state.store);
     let pending = match tokio::task::spawn_blocking(move || store.pending_untags()).await {
         Ok(Ok(p)) => p,
@@ -383,7 +384,7 @@ pub async fn replay_journal(state: &Arc<State>, grant: &Grant) {
         Err(e) => return warn!(error = %e, "cannot read the untag journal"),
     };
     for j in pending {
-        match restore(state, grant, &j).await {
+        match restore(state, rt, grant, &j).await {
             Ok(()) => info!(repository = %j.repo, digest = %j.digest, "finished an interrupted untag"),
             Err(e) => warn!(repository = %j.repo, digest = %j.digest, error = %e.message, "cannot finish an interrupted untag yet"),
         }

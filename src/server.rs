@@ -1,7 +1,9 @@
 //! Listeners and lifecycle. `start` opens the store, loads or creates the signing key and
-//! the admin token digest, builds the shared state and serves the public and admin
-//! listeners it is *given* (so tests bind port 0), until the shutdown future resolves;
-//! then it stops accepting and lets open connections finish.
+//! the admin token digest, builds the shared state and serves the public (HTTP or rustls
+//! TLS, its certificate re-read when the files change) and admin listeners it is *given*
+//! (so tests bind port 0). On stop it stops accepting and lets open connections finish
+//! within the configured grace period. `Running::reload` applies a new configuration
+//! without dropping a connection, or refuses it and changes nothing.
 //!
 //! Connection handling is hyper's (HTTP/1.1 with keep-alive and a header read timeout);
 //! this module parses nothing itself.
@@ -24,15 +26,16 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::auth::secret::{self, Secret};
-use crate::auth::external::ExternalIssuers;
-use crate::auth::Authenticator;
+use arc_swap::ArcSwap;
+use tokio_rustls::TlsAcceptor;
+
 use crate::body::Body;
 use crate::config::Config;
-use crate::proxy::Upstream;
-use crate::state::State;
+use crate::metrics::Metrics;
+use crate::state::{Runtime, State};
+use crate::tls::ReloadingCert;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{KeyRecord, Store, StoreError};
-use crate::token::jwt::Issuer;
 use crate::token::keys::{KeySet, SigningKey};
 
 /// Where the admin token comes from.
@@ -106,7 +109,9 @@ fn admin_digest(store: &dyn Store, source: AdminToken) -> Result<([u8; 32], Opti
     }
 }
 
-fn key_set(store: &dyn Store) -> Result<KeySet, StartError> {
+/// The signing keys: the stored ones (one is generated on first start), plus the configured
+/// key file, which then signs.
+fn key_set(store: &dyn Store, key_file: Option<&std::path::Path>) -> Result<KeySet, StartError> {
     let mut records = store.signing_keys()?;
     if records.is_empty() {
         let k = SigningKey::generate(OffsetDateTime::now_utc())?;
@@ -115,7 +120,16 @@ fn key_set(store: &dyn Store) -> Result<KeySet, StartError> {
         info!(kid = %k.kid, "generated a new ES256 signing key");
         records.push(rec);
     }
-    let keys = records.iter().map(|r| SigningKey::from_pkcs8(&r.pkcs8, r.created)).collect::<Result<Vec<_>, _>>()?;
+    let mut keys = records.iter().map(|r| SigningKey::from_pkcs8(&r.pkcs8, r.created)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = key_file {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_file(path)
+            .map_err(|e| StartError::Other(format!("token.signing_key_file {}: expected a PKCS#8 PEM EC P-256 key: {e}", path.display())))?;
+        // newer than every stored key, so it signs; the stored ones still verify
+        let k = SigningKey::from_pkcs8(der.secret_pkcs8_der(), OffsetDateTime::now_utc())?;
+        info!(kid = %k.kid, "signing with the configured key file");
+        keys.push(k);
+    }
     Ok(KeySet::new(keys)?)
 }
 
@@ -136,43 +150,107 @@ pub async fn start_with_store(
 ) -> Result<Running, StartError> {
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    let public_origin = config.public_url.as_ref().map(|o| o.as_string()).unwrap_or_else(|| format!("http://{public_addr}"));
     let (keys, (digest, generated), policy) = {
         let store = Arc::clone(&store);
         let config = config.clone();
         tokio::task::spawn_blocking(move || -> Result<_, StartError> {
-            Ok((key_set(store.as_ref())?, admin_digest(store.as_ref(), admin_token)?, State::load_policy(store.as_ref(), &config)?))
+            Ok((
+                key_set(store.as_ref(), config.token.signing_key_file.as_deref())?,
+                admin_digest(store.as_ref(), admin_token)?,
+                State::load_policy(store.as_ref(), &config)?,
+            ))
         })
         .await
         .map_err(|e| StartError::Other(e.to_string()))??
     };
-    let issuer = Arc::new(Issuer::new(config.token.issuer.clone(), config.token.service.clone(), keys));
-    let external = Arc::new(ExternalIssuers::new(&config.issuers).map_err(|e| StartError::Other(e.to_string()))?);
-    external.prefetch().await;
-    let auth = Authenticator::new(issuer, external).map_err(|e| StartError::Other(e.to_string()))?;
-    let upstream = Upstream::new(&config, public_origin.clone());
-    let state = Arc::new(State::new(config, public_origin, auth, upstream, store, policy, digest));
+    let keys = Arc::new(keys);
+    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let clock = crate::clock::Clock::system();
+    let metrics = {
+        let (p, c) = (Arc::clone(&policy), clock.clone());
+        Arc::new(Metrics::new(move || p.load_full(), move || c.now()).map_err(|e| StartError::Other(e.to_string()))?)
+    };
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(Arc::new(ReloadingCert::load(cert, key).map_err(StartError::Other)?)),
+        None => None,
+    };
+    let acceptor = match &tls {
+        Some(cert) => Some(TlsAcceptor::from(Arc::new(crate::tls::server_config(Arc::clone(cert)).map_err(StartError::Other)?))),
+        None => None,
+    };
+    let grace = config.shutdown_grace;
+    let runtime = Runtime::build(config, public_addr, Arc::clone(&keys), &metrics).await.map_err(StartError::Other)?;
+    let state = Arc::new(State::new(runtime, store, clock, metrics, keys, policy, digest));
 
     let recovery = Arc::clone(&state);
     let recovery_task = tokio::spawn(async move {
         let _one_at_a_time = recovery.untag_lock.lock().await;
         let grant = recovery.policy().grant_untag_recovery();
-        crate::repository::replay_journal(&recovery, &grant).await;
+        let rt = recovery.runtime();
+        crate::repository::replay_journal(&recovery, &rt, &grant).await;
     });
 
     let (stop, stopped) = watch::channel(false);
+    let mut tasks = vec![recovery_task];
+    if let Some(cert) = &tls {
+        tasks.push(tokio::spawn(watch_certificate(Arc::clone(cert), stopped.clone())));
+    }
     let s1 = Arc::clone(&state);
-    let public_task = tokio::spawn(serve(public, stopped.clone(), move |req, peer| {
+    tasks.push(tokio::spawn(serve(public, acceptor, stopped.clone(), grace, move |req, peer| {
         let s = Arc::clone(&s1);
         async move { crate::gateway::handle(s, req, peer).await }
-    }));
+    })));
     let s2 = Arc::clone(&state);
-    let admin_task = tokio::spawn(serve(admin, stopped, move |req, _peer| {
+    tasks.push(tokio::spawn(serve(admin, None, stopped, grace, move |req, _peer| {
         let s = Arc::clone(&s2);
         async move { crate::admin::handle(s, req).await }
-    }));
-    info!(public = %public_addr, admin = %admin_addr, upstream = %state.config.upstream.as_string(), realm = %state.realm, "scopegate listening");
-    Ok(Running { public_addr, admin_addr, state, generated_admin_token: generated, stop, tasks: vec![public_task, admin_task, recovery_task] })
+    })));
+    let rt = state.runtime();
+    info!(public = %public_addr, admin = %admin_addr, upstream = %rt.config.upstream.as_string(), realm = %rt.realm, tls = tls.is_some(), "scopegate listening");
+    Ok(Running { public_addr, admin_addr, state, generated_admin_token: generated, stop, tasks })
+}
+
+impl Running {
+    /// Applies a new configuration: builds everything it needs first, and only then swaps
+    /// it in. A failure changes nothing. Listener addresses, TLS files and the data
+    /// directory need a restart; their changes are refused with a message saying so.
+    pub async fn reload(&self, new: Config) -> Result<(), String> {
+        let state = &self.state;
+        let result = async {
+            let old = &state.runtime().config;
+            let fixed = [
+                ("listen", old.listen.to_string(), new.listen.to_string()),
+                ("admin.listen", old.admin_listen.to_string(), new.admin_listen.to_string()),
+                ("data_dir", old.data_dir.display().to_string(), new.data_dir.display().to_string()),
+                ("tls", format!("{:?}", old.tls), format!("{:?}", new.tls)),
+                ("token.signing_key_file", format!("{:?}", old.token.signing_key_file), format!("{:?}", new.token.signing_key_file)),
+            ];
+            if let Some((what, _, _)) = fixed.iter().find(|(_, a, b)| a != b) {
+                return Err(format!("{what} cannot change while running; restart to apply it"));
+            }
+            let rt = Runtime::build(new, self.public_addr, Arc::clone(&state.keys), &state.metrics).await?;
+            state.replace_runtime(rt).await.map_err(|e| e.to_string())
+        }
+        .await;
+        let label = if result.is_ok() { "applied" } else { "refused" };
+        state.metrics.config_reloads.with_label_values(&[label]).inc();
+        result
+    }
+}
+
+/// Re-reads the certificate files when they change.
+async fn watch_certificate(cert: Arc<ReloadingCert>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = stopped(&mut stop) => return,
+        }
+        match cert.reload_if_changed() {
+            Ok(true) => info!("reloaded the TLS certificate"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "the new TLS certificate is not usable; still serving the previous one"),
+        }
+    }
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -180,8 +258,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Accepts connections until `stop` turns true, then drains open connections.
-async fn serve<H, F>(listener: TcpListener, mut stop: watch::Receiver<bool>, handler: H)
+/// Accepts connections (TLS when an acceptor is given) until `stop` turns true, then lets
+/// open connections finish for up to `grace`.
+async fn serve<H, F>(listener: TcpListener, tls: Option<TlsAcceptor>, mut stop: watch::Receiver<bool>, grace: Duration, handler: H)
 where
     H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
@@ -205,14 +284,23 @@ where
                     let h = h.clone();
                     async move { Ok::<_, Infallible>(h(req, peer).await) }
                 });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let builder = {
+                        let mut b = http1::Builder::new();
+                        b.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
+                        b
+                    };
+                    let result = match tls {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                        Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc)).await,
+                            Ok(Err(e)) => return debug!(client = %peer, error = %e, "TLS handshake failed"),
+                            Err(_) => return debug!(client = %peer, "TLS handshake timed out"),
+                        },
+                    };
+                    if let Err(e) = result {
                         debug!(client = %peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -221,5 +309,7 @@ where
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        warn!(grace_secs = grace.as_secs(), "shutdown grace period over; closing the connections still open");
+    }
 }

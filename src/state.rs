@@ -1,22 +1,32 @@
-//! The state every request shares: the validated config, the current policy snapshot
-//! (swapped atomically; readers never wait), the authenticator, the upstream client and
-//! the store. Admin writes go through [`State::write`], which runs them one at a time on
-//! the blocking pool and then reloads the snapshot, so a change bites on the next request.
+//! The state every request shares. What lives as long as the process (the store, the
+//! policy snapshot, the clock, the signing keys, the metrics) sits in [`State`]; what is
+//! built from the configuration (upstream client, authenticator, token settings, audit
+//! writer) sits in a [`Runtime`] that a reload replaces as a whole, atomically: requests
+//! in flight keep the runtime they started with, new ones get the new one.
 //!
+//! Admin writes go through [`State::write`], which runs them one at a time on the blocking
+//! pool and then reloads the snapshot, so a change bites on the next request.
 //! No request-path code here: no parsing, no decisions.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::audit::Auditor;
+use crate::auth::external::ExternalIssuers;
 use crate::auth::secret::digests_equal;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::proxy::Upstream;
 use crate::store::{Store, StoreError};
+use crate::token::jwt::Issuer;
+use crate::token::keys::KeySet;
 
-pub struct State {
+/// Everything built from one configuration.
+pub struct Runtime {
     pub config: Config,
     /// `scheme://host[:port]` clients use.
     pub public_origin: String,
@@ -24,46 +34,79 @@ pub struct State {
     pub realm: String,
     pub auth: Authenticator,
     pub upstream: Upstream,
+    pub audit: Auditor,
+}
+
+impl Runtime {
+    /// Builds a runtime; fails (changing nothing) if a file it needs is missing or bad.
+    pub async fn build(config: Config, public_addr: SocketAddr, keys: Arc<KeySet>, metrics: &Arc<Metrics>) -> Result<Runtime, String> {
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let public_origin = config.public_url.as_ref().map(|o| o.as_string()).unwrap_or_else(|| format!("{scheme}://{public_addr}"));
+        let issuer = Arc::new(Issuer::new(config.token.issuer.clone(), config.token.service.clone(), keys));
+        let external = Arc::new(ExternalIssuers::new(&config.issuers).map_err(|e| e.to_string())?);
+        external.prefetch().await;
+        let cache = (metrics.credential_cache.with_label_values(&["hit"]), metrics.credential_cache.with_label_values(&["miss"]));
+        let auth = Authenticator::new(issuer, external, cache).map_err(|e| e.to_string())?;
+        let upstream = Upstream::new(&config, public_origin.clone(), Arc::clone(metrics))?;
+        let audit = Auditor::new(&config.audit, metrics.audit_dropped.clone()).map_err(|e| format!("audit output: {e}"))?;
+        Ok(Runtime { realm: format!("{public_origin}/token"), public_origin, auth, upstream, audit, config })
+    }
+}
+
+pub struct State {
+    runtime: ArcSwap<Runtime>,
     pub store: Arc<dyn Store>,
     /// System time in production; tests move it forward.
     pub clock: crate::clock::Clock,
+    pub metrics: Arc<Metrics>,
+    /// The signing keys (from the store, or the configured key file).
+    pub keys: Arc<KeySet>,
     /// Untags run one at a time (they may delete and restore a manifest).
     pub untag_lock: tokio::sync::Mutex<()>,
-    policy: ArcSwap<Policy>,
+    policy: Arc<ArcSwap<Policy>>,
     admin_digest: [u8; 32],
     write_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State").field("public_origin", &self.public_origin).field("epoch", &self.policy.load().epoch).finish_non_exhaustive()
+        f.debug_struct("State").field("public_origin", &self.runtime().public_origin).field("epoch", &self.policy.load().epoch).finish_non_exhaustive()
     }
 }
 
 impl State {
     pub fn new(
-        config: Config,
-        public_origin: String,
-        auth: Authenticator,
-        upstream: Upstream,
+        runtime: Runtime,
         store: Arc<dyn Store>,
-        policy: Policy,
+        clock: crate::clock::Clock,
+        metrics: Arc<Metrics>,
+        keys: Arc<KeySet>,
+        policy: Arc<ArcSwap<Policy>>,
         admin_digest: [u8; 32],
     ) -> State {
-        let realm = format!("{public_origin}/token");
         State {
-            config,
-            public_origin,
-            realm,
-            auth,
-            upstream,
+            runtime: ArcSwap::from_pointee(runtime),
             store,
-            clock: crate::clock::Clock::system(),
+            clock,
+            metrics,
+            keys,
             untag_lock: tokio::sync::Mutex::new(()),
-            policy: ArcSwap::from_pointee(policy),
+            policy,
             admin_digest,
             write_lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The runtime as it is now (hold it for the whole request).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Puts a new runtime in place and reloads the policy (the anonymous default may have
+    /// changed). Requests in flight finish with the old one.
+    pub async fn replace_runtime(self: &Arc<Self>, rt: Runtime) -> Result<(), StoreError> {
+        self.runtime.store(Arc::new(rt));
+        self.reload().await
     }
 
     /// The policy as it is now.
@@ -82,7 +125,7 @@ impl State {
     /// Re-reads the store and swaps the snapshot.
     pub async fn reload(self: &Arc<Self>) -> Result<(), StoreError> {
         let me = Arc::clone(self);
-        let policy = tokio::task::spawn_blocking(move || Self::load_policy(me.store.as_ref(), &me.config))
+        let policy = tokio::task::spawn_blocking(move || Self::load_policy(me.store.as_ref(), &me.runtime().config))
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))??;
         self.policy.store(Arc::new(policy));

@@ -677,3 +677,84 @@ async fn an_interrupted_untag_is_finished_at_the_next_start() {
     assert_eq!(put.body.as_ref(), b"{\"schemaVersion\":2}");
     assert_eq!(put.headers["content-type"], "application/vnd.oci.image.manifest.v1+json");
 }
+
+// === operations: audit log, metrics, health ===
+
+#[tokio::test]
+async fn every_decision_writes_one_audit_line_without_secrets() {
+    let data = tempfile::tempdir().unwrap();
+    let audit = data.path().join("audit.jsonl");
+    let path = audit.display().to_string();
+    let h = Harness::start_configured(support::FakeRegistry::start().await, tempfile::tempdir().unwrap(), move |raw| raw.audit.output = path).await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    let tok = h.session("ci", &pw, &["repository:samples/hello-world:pull"]).await;
+    let cases = [
+        (format!("/v2/{HELLO}/manifests/v1"), basic("ci", &pw), "allowed"),
+        (format!("/v2/{HELLO}/manifests/v1"), format!("Bearer {tok}"), "allowed"),
+        ("/v2/other/manifests/v1".to_owned(), basic("ci", &pw), "denied"),
+        ("/v2/other/manifests/v1".to_owned(), basic("ci", "sgp_wrong"), "unauthenticated"),
+    ];
+    for (target, auth, _) in &cases {
+        h.v2("GET", target, &[("authorization", auth)]).await;
+    }
+    // the writer thread flushes when idle: wait for the five lines (token + 4 requests)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        if text.lines().count() >= 5 || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let events: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 5, "{lines}");
+    assert_eq!(events[0]["endpoint"], "token");
+    for (e, (_, _, outcome)) in events[1..].iter().zip(&cases) {
+        assert_eq!(e["outcome"], *outcome, "{e}");
+        for field in ["time", "request_id", "client", "credential", "status"] {
+            assert!(!e[field].is_null(), "{field} missing in {e}");
+        }
+    }
+    assert_eq!(events[1]["subject"], "ci");
+    assert_eq!(events[1]["repository"], HELLO);
+    assert_eq!(events[1]["action"], "content/read");
+    assert!(events[3]["reason"].as_str().unwrap().contains("has no pattern granting content/read"), "{}", events[3]);
+    assert!(!lines.contains(&pw) && !lines.contains(&tok) && !lines.contains("sgp_wrong"), "a secret reached the audit log");
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_with_closed_label_sets() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/read"])]).await;
+    h.v2("GET", &format!("/v2/{HELLO}/manifests/v1"), &[("authorization", &basic("ci", &pw))]).await;
+    // random repository names must not create series
+    for i in 0..20 {
+        h.v2("GET", &format!("/v2/random-{i}/manifests/v1"), &[("authorization", &basic("ci", &pw))]).await;
+        h.v2("GET", &format!("/v2/random-{i}/manifests/v1"), &[("authorization", &basic(&format!("user{i}"), "x"))]).await;
+    }
+    let r = h.request("GET", &format!("http://{}/metrics", h.gw.admin_addr), &[], b"").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.text();
+    assert!(text.contains(r#"scopegate_requests_total{action="content/read",credential="basic",endpoint="manifest",outcome="allowed"} 1"#), "{text}");
+    assert!(text.contains(r#"scopegate_requests_total{action="content/read",credential="basic",endpoint="manifest",outcome="denied"} 20"#), "{text}");
+    assert!(text.contains(r#"scopegate_requests_total{action="content/read",credential="basic",endpoint="manifest",outcome="unauthenticated"} 20"#), "{text}");
+    assert!(text.contains("scopegate_upstream_request_duration_seconds_count{endpoint=\"manifest\"} 1"), "{text}");
+    assert!(text.contains("scopegate_credential_cache_total{result=\"hit\"}"));
+    assert!(!text.contains("random-") && !text.contains("user1"), "a name leaked into the labels");
+    let series = text.lines().filter(|l| l.starts_with("scopegate_requests_total{")).count();
+    assert_eq!(series, 3);
+}
+
+#[tokio::test]
+async fn readiness_follows_the_registry() {
+    let h = Harness::start().await;
+    let url = format!("http://{}/readyz", h.gw.admin_addr);
+    let r = h.request("GET", &url, &[], b"").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["ready"], true);
+    h.upstream.stop().await;
+    let r = h.request("GET", &url, &[], b"").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.json()["upstream"].as_str().unwrap().contains("unreachable"), "{}", r.text());
+    assert_eq!(h.request("GET", &format!("http://{}/healthz", h.gw.admin_addr), &[], b"").await.status, StatusCode::OK);
+}

@@ -16,7 +16,9 @@
 //! GET    /api/v1/apikeys/{name}        PATCH, DELETE /api/v1/apikeys/{name}
 //! GET    /api/v1/anonymous             PUT /api/v1/anonymous      (the anonymous scope map)
 //! GET    /api/v1/check?token=N|apikey=N|anonymous=true&repository=R&action=A   (explain a decision)
-//! GET    /healthz                      (no authentication)
+//! GET    /healthz   alive                          (these three need no token: the admin
+//! GET    /readyz    store, keys and registry ready  listener is the private one)
+//! GET    /metrics   Prometheus text format
 //! ```
 //! The admin API changes records; it never decides a registry request.
 
@@ -50,10 +52,42 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(full(state.metrics.render()));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            return r;
+        }
+        "/readyz" => {
+            let (status, v) = ready(&state).await;
+            return json_response(status, &v);
+        }
+        _ => {}
+    }
     match route(&state, req).await {
         Ok((status, v)) => json_response(status, &v),
-        Err(r) => r.to_response(&state.realm, &state.config.token.service),
+        // the admin API never challenges: there is no realm to point at
+        Err(r) => r.to_response("", ""),
     }
+}
+
+/// Ready when the store answers, the signing keys are loaded and the registry answers.
+async fn ready(state: &Arc<State>) -> (StatusCode, Value) {
+    let store = Arc::clone(&state.store);
+    let store_ok = matches!(tokio::task::spawn_blocking(move || store.epoch()).await, Ok(Ok(_)));
+    let keys_ok = !state.keys.current().kid.is_empty();
+    let upstream = state.runtime().upstream.probe().await;
+    let all = store_ok && keys_ok && upstream.is_ok();
+    let status = if all { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (
+        status,
+        json!({
+            "ready": all,
+            "store": store_ok,
+            "keys": keys_ok,
+            "upstream": upstream.as_ref().map(|_| "reachable".to_owned()).unwrap_or_else(|e| e.clone()),
+        }),
+    )
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {

@@ -126,6 +126,8 @@ pub struct Authenticator {
     cache: moka::sync::Cache<[u8; 32], Cached>,
     cache_key: hmac::Key,
     dummy_digest: [u8; 32],
+    hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -147,11 +149,23 @@ pub fn subject_of(holder: &Holder) -> Subject {
 }
 
 impl Authenticator {
-    pub fn new(issuer: Arc<Issuer>, external: Arc<ExternalIssuers>) -> Result<Authenticator, secret::GenerateError> {
+    /// `counters` count cache hits and misses.
+    pub fn new(
+        issuer: Arc<Issuer>,
+        external: Arc<ExternalIssuers>,
+        counters: (prometheus::IntCounter, prometheus::IntCounter),
+    ) -> Result<Authenticator, secret::GenerateError> {
         let cache_key = hmac::Key::new(hmac::HMAC_SHA256, &secret::random_bytes::<32>()?);
         let dummy_digest = digest_of(&secret::random_bytes::<32>()?);
         let cache = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build();
-        Ok(Authenticator { issuer, external, cache, cache_key, dummy_digest })
+        Ok(Authenticator { issuer, external, cache, cache_key, dummy_digest, hits: counters.0, misses: counters.1 })
+    }
+
+    /// A cache lookup, counted.
+    fn cached(&self, key: &[u8; 32]) -> Option<Cached> {
+        let hit = self.cache.get(key);
+        if hit.is_some() { &self.hits } else { &self.misses }.inc();
+        hit
     }
 
     pub fn issuer(&self) -> &Issuer {
@@ -223,7 +237,7 @@ impl Authenticator {
         now: OffsetDateTime,
     ) -> Result<(TokenName, Binding), AuthFailure> {
         let key = self.cache_key(&[b"basic", username.as_bytes(), password.expose().as_bytes()]);
-        if let Some(Cached::Password { name, binding }) = self.cache.get(&key) {
+        if let Some(Cached::Password { name, binding }) = self.cached(&key) {
             let holder = Holder::Token { name, binding };
             if self.live_check(policy, &holder, now, false).is_ok() {
                 if let Holder::Token { name, binding } = holder {
@@ -254,7 +268,7 @@ impl Authenticator {
     /// Checks an API key: one digest, one hash lookup.
     fn verify_api_key(&self, key: &Secret, policy: &Policy, now: OffsetDateTime) -> Result<(KeyName, String), AuthFailure> {
         let ck = self.cache_key(&[b"apikey", key.expose().as_bytes()]);
-        if let Some(Cached::ApiKey { name, key_id }) = self.cache.get(&ck) {
+        if let Some(Cached::ApiKey { name, key_id }) = self.cached(&ck) {
             let holder = Holder::ApiKey { name: name.clone(), key_id: key_id.clone() };
             if self.live_check(policy, &holder, now, false).is_ok() {
                 return Ok((name, key_id));
@@ -274,7 +288,7 @@ impl Authenticator {
             return Err(AuthFailure::new(bearer, if bearer { "token is not valid here" } else { BAD_LOGIN }));
         }
         let key = self.cache_key(&[b"external", token.as_bytes()]);
-        if let Some(Cached::External(id)) = self.cache.get(&key) {
+        if let Some(Cached::External(id)) = self.cached(&key) {
             if id.expires_at > now {
                 return Ok(id);
             }
@@ -288,7 +302,7 @@ impl Authenticator {
     /// Verifies one of our session tokens (signature and expiry; cached until it expires).
     fn verify_session(&self, token: &Secret, now: i64) -> Result<Arc<Verified>, AuthFailure> {
         let key = self.cache_key(&[b"session", token.expose().as_bytes()]);
-        if let Some(Cached::Session(v)) = self.cache.get(&key) {
+        if let Some(Cached::Session(v)) = self.cached(&key) {
             if v.expires_at > now {
                 return Ok(v);
             }

@@ -19,11 +19,12 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let key = SigningKey::generate(OffsetDateTime::UNIX_EPOCH).unwrap();
-    let issuer = Arc::new(Issuer::new("scopegate".into(), "svc".into(), KeySet::new(vec![key]).unwrap()));
+    let issuer = Arc::new(Issuer::new("scopegate".into(), "svc".into(), Arc::new(KeySet::new(vec![key]).unwrap())));
     let password = secret::generate(secret::PASSWORD_PREFIX).unwrap();
     let mut token = Token::new(TokenName::parse("ci").unwrap(), MapName::parse("_repositories_pull").unwrap(), Status::Enabled, OffsetDateTime::UNIX_EPOCH);
     token.set_password(Slot::Password1, Some(Password { id: "p1".into(), digest: password.digest(), created: OffsetDateTime::UNIX_EPOCH, expiry: None }));
-    Fixture { auth: Authenticator::new(issuer, Arc::default()).unwrap(), password, token }
+    let counters = (prometheus::IntCounter::new("h", "h").unwrap(), prometheus::IntCounter::new("m", "m").unwrap());
+    Fixture { auth: Authenticator::new(issuer, Arc::default(), counters).unwrap(), password, token }
 }
 
 fn policy_with(t: &Token) -> Policy {

@@ -544,9 +544,15 @@ async fn repository(cmd: RepositoryCommand, out: Output) -> Result<(), CliError>
     Ok(())
 }
 
+/// The admin token from `SCOPEGATE_ADMIN_TOKEN`, or the file `SCOPEGATE_ADMIN_TOKEN_FILE` names.
 fn admin_client(args: &ClientArgs) -> Result<AdminClient, CliError> {
-    let token = std::env::var("SCOPEGATE_ADMIN_TOKEN")
-        .map_err(|_| CliError::usage("set SCOPEGATE_ADMIN_TOKEN to the gateway's admin token"))?;
+    let token = match (std::env::var("SCOPEGATE_ADMIN_TOKEN"), std::env::var("SCOPEGATE_ADMIN_TOKEN_FILE")) {
+        (Ok(t), _) => t,
+        (Err(_), Ok(path)) => std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| CliError::usage(format!("cannot read SCOPEGATE_ADMIN_TOKEN_FILE {path}: {e}")))?,
+        (Err(_), Err(_)) => return Err(CliError::usage("set SCOPEGATE_ADMIN_TOKEN (or SCOPEGATE_ADMIN_TOKEN_FILE) to the gateway's admin token")),
+    };
     AdminClient::new(&args.server, Secret::new(token))
 }
 
@@ -696,7 +702,8 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         admin_listen: args.admin_listen,
         data_dir: args.data_dir,
     };
-    let config = Config::load(args.config.as_deref(), &overrides).map_err(|e| CliError::refused(e.to_string()))?;
+    let config_path = args.config.clone();
+    let config = Config::load(config_path.as_deref(), &overrides).map_err(|e| CliError::refused(e.to_string()))?;
     init_logging(&config);
     let admin_token = match &config.admin_token_file {
         Some(path) => {
@@ -715,13 +722,48 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     if let Some(t) = &running.generated_admin_token {
         eprintln!("Generated the admin token (shown once; it is stored only as a digest):\n\n    SCOPEGATE_ADMIN_TOKEN={}\n", t.expose());
     }
-    println!("scopegate ready: public=http://{} admin=http://{}", running.public_addr, running.admin_addr);
-    let stop = running.stopper();
-    shutdown_signal().await;
-    tracing::info!("shutting down: no new connections, waiting for open ones");
-    let _ = stop.send(true);
+    let scheme = if running.state.runtime().config.tls.is_some() { "https" } else { "http" };
+    println!("scopegate ready: public={scheme}://{} admin=http://{}", running.public_addr, running.admin_addr);
+    serve_until_stopped(&running, config_path.as_deref(), &overrides).await;
+    let grace = running.state.runtime().config.shutdown_grace;
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections, letting open ones finish");
+    let _ = running.stopper().send(true);
     running.join().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves until SIGTERM or SIGINT; on SIGHUP, or when the configuration file changes,
+/// reloads it (validated first; a bad one is refused and the old one keeps serving).
+async fn serve_until_stopped(running: &server::Running, path: Option<&std::path::Path>, overrides: &Overrides) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        tracing::warn!("cannot install signal handlers; stop with Ctrl-C");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = path.and_then(stamp);
+    loop {
+        let why = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => "SIGHUP",
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
+                let now = path.and_then(stamp);
+                if now == last { continue; }
+                last = now;
+                "the configuration file changed"
+            }
+        };
+        match Config::load(path, overrides) {
+            Err(e) => tracing::error!(reason = why, error = %e, "configuration refused; still serving the previous one"),
+            Ok(c) => match running.reload(c).await {
+                Ok(()) => tracing::info!(reason = why, "configuration reloaded"),
+                Err(e) => tracing::error!(reason = why, error = %e, "configuration refused; still serving the previous one"),
+            },
+        }
+    }
 }
 
 fn checked_admin_token(t: &str) -> Result<Secret, CliError> {
@@ -729,28 +771,6 @@ fn checked_admin_token(t: &str) -> Result<Secret, CliError> {
         return Err(CliError::refused("the admin token must be at least 16 characters"));
     }
     Ok(Secret::new(t.to_owned()))
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn init_logging(config: &Config) {

@@ -72,7 +72,7 @@ async fn fetch_page(up: &Upstream, target: &str) -> Result<(Vec<String>, bool), 
         .header(header::ACCEPT, "application/json")
         .body(empty())
         .map_err(|e| Rejection::internal(e.to_string()))?;
-    let resp = up.send(req).await?;
+    let resp = up.send(req, "catalog").await?;
     if resp.status() != StatusCode::OK {
         return Err(Rejection::bad_gateway(format!("registry answered the catalog with {}", resp.status())));
     }

@@ -3,7 +3,9 @@
 //! buffering (a manifest PUT is only capped at the configured size); the path and query
 //! are rebuilt from the parsed route; redirects are passed to the client, never followed.
 //! Upstream failures become 502 (bad answer or broken stream), 503 (unreachable) or 504
-//! (timed out), in the Docker error shape.
+//! (timed out), in the Docker error shape. The registry is reached over HTTP, or HTTPS
+//! (rustls) trusting a configured CA bundle. Latency, status classes and bytes each way are
+//! counted here.
 //!
 //! `forward` demands a [`Grant`]: only the policy makes one, so nothing reaches the
 //! registry without a decision. This module knows nothing about credentials.
@@ -12,24 +14,28 @@ mod catalog;
 pub mod headers;
 
 use std::error::Error as _;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::Limited;
+use http_body_util::{BodyExt, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::body::{stream, Body, BoxError};
 use crate::config::{Config, Limits};
+use crate::metrics::{status_class, Metrics};
 use crate::policy::Grant;
 use crate::reject::{Code, Rejection};
 use crate::route::{Endpoint, Route};
 
 /// The registry behind the gateway.
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    metrics: Arc<Metrics>,
     /// `http://host:port` of the registry.
     origin: String,
     /// `scheme://host[:port]` clients use.
@@ -44,25 +50,60 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: &Config, public_origin: String) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+    pub fn new(config: &Config, public_origin: String, metrics: Arc<Metrics>) -> Result<Upstream, String> {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.limits.upstream_connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        http.enforce_http(false);
+        let tls = crate::tls::client_config(config.upstream_ca_file.as_deref()).map_err(|e| format!("upstream_tls: {e}"))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Upstream { client, origin: config.upstream.as_string(), public_origin, limits: config.limits }
+        Ok(Upstream { client, metrics, origin: config.upstream.as_string(), public_origin, limits: config.limits })
     }
 
     pub fn public_origin(&self) -> &str {
         &self.public_origin
     }
 
-    /// Sends a request we built to the registry, mapping transport failures.
-    async fn send(&self, req: Request<Body>) -> Result<Response<hyper::body::Incoming>, Rejection> {
-        self.client.request(req).await.map_err(|e| transport_failure(&e))
+    /// Sends a request to the registry, timing it and mapping transport failures.
+    async fn send(&self, req: Request<Body>, endpoint: &'static str) -> Result<Response<hyper::body::Incoming>, Rejection> {
+        let started = Instant::now();
+        let m = &self.metrics;
+        match self.client.request(req).await {
+            Ok(resp) => {
+                m.upstream_seconds.with_label_values(&[endpoint]).observe(started.elapsed().as_secs_f64());
+                m.upstream_responses.with_label_values(&[status_class(resp.status().as_u16())]).inc();
+                Ok(resp)
+            }
+            Err(e) => {
+                let r = transport_failure(&e);
+                let kind = match r.status {
+                    StatusCode::SERVICE_UNAVAILABLE => "connect",
+                    StatusCode::GATEWAY_TIMEOUT => "timeout",
+                    _ => "broken",
+                };
+                m.upstream_responses.with_label_values(&[kind]).inc();
+                Err(r)
+            }
+        }
+    }
+
+    /// Whether the registry answers at all (`GET /v2/`, any status), for readiness. Nothing
+    /// of a client's is sent.
+    pub async fn probe(&self) -> Result<(), String> {
+        let req = Request::builder()
+            .uri(format!("{}/v2/", self.origin))
+            .body(crate::body::empty())
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("unreachable: {}", transport_failure(&e).message)),
+            Err(_) => Err("did not answer within 2 s".into()),
+        }
     }
 
     /// A request of the gateway's own to the registry, made for an authorized caller (the
@@ -79,7 +120,7 @@ impl Upstream {
         for (k, v) in headers {
             req = req.header(k, *v);
         }
-        self.send(req.body(body).map_err(|e| Rejection::internal(format!("cannot build an upstream request: {e}")))?).await
+        self.send(req.body(body).map_err(|e| Rejection::internal(format!("cannot build an upstream request: {e}")))?, "repository_api").await
     }
 
     /// Forwards an authorized request and returns the registry's answer, streaming.
@@ -103,13 +144,27 @@ impl Upstream {
         } else {
             stream(body)
         };
+        let up = self.metrics.bytes.with_label_values(&["to_upstream"]);
+        let body = stream(body.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                up.inc_by(d.len() as u64);
+            }
+            f
+        }));
         headers::to_upstream(&mut parts.headers);
         let target = route.upstream_target(grant.mount_allowed()).ok_or_else(|| Rejection::internal("this endpoint is not forwarded"))?;
         parts.uri = format!("{}{target}", self.origin).parse().map_err(|e| Rejection::internal(format!("cannot build the upstream URI: {e}")))?;
         parts.version = http::Version::HTTP_11;
-        let resp = self.send(Request::from_parts(parts, body)).await?;
+        let resp = self.send(Request::from_parts(parts, body), route.kind().as_str()).await?;
         let (mut parts, body) = resp.into_parts();
         headers::to_client(&mut parts.headers, &self.origin, &self.public_origin);
+        let down = self.metrics.bytes.with_label_values(&["to_client"]);
+        let body = body.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                down.inc_by(d.len() as u64);
+            }
+            f
+        });
         Ok(Response::from_parts(parts, stream(body)))
     }
 }

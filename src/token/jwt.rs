@@ -133,11 +133,11 @@ pub enum JwtError {
 pub struct Issuer {
     pub issuer: String,
     pub service: String,
-    keys: KeySet,
+    keys: std::sync::Arc<KeySet>,
 }
 
 impl Issuer {
-    pub fn new(issuer: String, service: String, keys: KeySet) -> Issuer {
+    pub fn new(issuer: String, service: String, keys: std::sync::Arc<KeySet>) -> Issuer {
         Issuer { issuer, service, keys }
     }
 
@@ -260,7 +260,7 @@ mod tests {
 
     fn issuer() -> Issuer {
         let k = SigningKey::generate(OffsetDateTime::UNIX_EPOCH).unwrap();
-        Issuer::new("scopegate".into(), "svc".into(), KeySet::new(vec![k]).unwrap())
+        Issuer::new("scopegate".into(), "svc".into(), std::sync::Arc::new(KeySet::new(vec![k]).unwrap()))
     }
 
     fn now() -> i64 {

@@ -60,10 +60,13 @@ impl FakeRegistry {
         let repos = Arc::new(Mutex::new(Vec::new()));
         let (s, r) = (Arc::clone(&seen), Arc::clone(&repos));
         let task = tokio::spawn(async move {
+            // connections live in this set, so stopping the registry closes them all
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 let (s, r) = (Arc::clone(&s), Arc::clone(&r));
-                tokio::spawn(async move {
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (s, r) = (Arc::clone(&s), Arc::clone(&r));
                         async move { Ok::<_, std::convert::Infallible>(answer(req, addr, &s, &r).await) }
@@ -79,8 +82,8 @@ impl FakeRegistry {
         self.seen.lock().unwrap().clone()
     }
 
-    /// Stops accepting and waits until the listening socket is closed; connections
-    /// already open are not touched.
+    /// Stops accepting, closes every open connection, and waits until the listening socket
+    /// is closed: a registry that died.
     pub async fn stop(&self) {
         let task = self.task.lock().unwrap().take();
         if let Some(t) = task {
@@ -190,6 +193,8 @@ impl Harness {
             public_url: None,
         };
         let mut raw = RawConfig::default();
+        // tests that look at the audit log point it at a file
+        raw.audit.output = "off".into();
         f(&mut raw);
         let config = raw.apply(&o).validate().unwrap();
         let public = TcpListener::bind(config.listen).await.unwrap();

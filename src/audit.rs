@@ -1,0 +1,104 @@
+//! The audit log: one JSON line per decision (registry and repository API requests, token
+//! grants and refusals): time, request id, client address, credential kind and name,
+//! repository, action, outcome, status and reason. Never a secret: names of tokens and keys
+//! are not secrets, their values never reach this module.
+//!
+//! Lines go to a writer thread through a bounded queue, so the request path never waits on
+//! the disk; when the writer falls behind, lines are dropped and counted
+//! (`scopegate_audit_dropped_total`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+
+use prometheus::IntCounter;
+use serde::Serialize;
+
+/// Where audit lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditOutput {
+    Off,
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+impl AuditOutput {
+    pub fn parse(s: &str) -> AuditOutput {
+        match s {
+            "off" => AuditOutput::Off,
+            "stdout" => AuditOutput::Stdout,
+            "stderr" => AuditOutput::Stderr,
+            path => AuditOutput::File(PathBuf::from(path)),
+        }
+    }
+}
+
+/// One decision.
+#[derive(Debug, Serialize)]
+pub struct Event<'a> {
+    pub time: String,
+    pub request_id: &'a str,
+    pub client: String,
+    pub endpoint: &'static str,
+    pub method: &'a str,
+    pub credential: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    pub outcome: &'static str,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}
+
+/// Lines buffered between the request path and the writer.
+const QUEUE: usize = 65_536;
+
+pub struct Auditor {
+    tx: Option<SyncSender<String>>,
+    dropped: IntCounter,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor").field("on", &self.tx.is_some()).finish()
+    }
+}
+
+impl Auditor {
+    pub fn new(output: &AuditOutput, dropped: IntCounter) -> std::io::Result<Auditor> {
+        let sink: Box<dyn Write + Send> = match output {
+            AuditOutput::Off => return Ok(Auditor { tx: None, dropped }),
+            AuditOutput::Stdout => Box::new(std::io::stdout()),
+            AuditOutput::Stderr => Box::new(std::io::stderr()),
+            AuditOutput::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        let (tx, rx) = sync_channel::<String>(QUEUE);
+        std::thread::Builder::new().name("scopegate-audit".into()).spawn(move || {
+            let mut out = std::io::BufWriter::new(sink);
+            while let Ok(line) = rx.recv() {
+                let _ = out.write_all(line.as_bytes());
+                // write what is queued, then flush while idle
+                while let Ok(more) = rx.try_recv() {
+                    let _ = out.write_all(more.as_bytes());
+                }
+                let _ = out.flush();
+            }
+        })?;
+        Ok(Auditor { tx: Some(tx), dropped })
+    }
+
+    pub fn record(&self, e: &Event<'_>) {
+        let Some(tx) = &self.tx else { return };
+        let Ok(mut line) = serde_json::to_string(e) else { return };
+        line.push('\n');
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
