@@ -86,6 +86,51 @@ impl Proc {
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The file its stderr (and, for the registry, stdout) goes to.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Waits up to `deadline` for the process to exit on its own; `None` if it is still
+    /// running then.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Starts a helper server (e.g. Prometheus) with stdout and stderr to `log`; killed and
+/// reaped when the returned [`Proc`] is dropped, its log tail shown if the test failed.
+pub fn spawn_server(name: &'static str, cmd: &mut Command, log: &Path) -> Proc {
+    let shown = format!("{cmd:?}");
+    let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("{name} log {}: {e}", log.display()));
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log fd"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
+    eprintln!("$ {shown} &  (pid {})", child.id());
+    Proc { name, child, log: log.to_owned() }
+}
+
+/// Sends `signal` (`TERM`, `HUP`, ...) to process `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
+    let r = run(Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()));
+    assert!(r.ok(), "kill -{signal} {pid}: {}", r.all());
 }
 
 impl Drop for Proc {
@@ -274,6 +319,13 @@ impl Token {
 
 impl Env {
     pub fn start(test: &str) -> Env {
+        Env::start_with(test, |root, upstream| start_gateway(&root.join("gateway"), upstream))
+    }
+
+    /// [`Env::start`] with a gateway of the caller's making: `launch` gets the test's
+    /// directory and the registry's `127.0.0.1:PORT`, and returns the running gateway with
+    /// its public `host:port` and admin URL (e.g. from [`spawn_gateway`]).
+    pub fn start_with(test: &str, launch: impl FnOnce(&Path, &str) -> (Proc, String, String)) -> Env {
         require_prerequisites();
         let mut dir = tempfile::Builder::new().prefix(&format!("scopegate-e2e-{test}-")).tempdir().expect("temp dir");
         if std::env::var_os("E2E_KEEP").is_some() {
@@ -282,7 +334,7 @@ impl Env {
         }
         let root = dir.path().to_owned();
         let (registry, upstream) = start_registry(&root.join("registry"));
-        let (gateway, public, admin_url) = start_gateway(&root.join("gateway"), &upstream);
+        let (gateway, public, admin_url) = launch(&root, &upstream);
         let env = Env { _gateway: gateway, _registry: registry, public, admin_url, upstream, dir };
         // The isolation needs a private mount namespace: fail clearly if we cannot have one.
         let probe = env.tool(&["true"]);
@@ -296,6 +348,16 @@ impl Env {
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// The gateway process (its PID for signals, its exit status, its log).
+    pub fn gateway_proc(&mut self) -> &mut Proc {
+        &mut self._gateway
+    }
+
+    /// What the gateway logged on stderr so far.
+    pub fn gateway_log(&self) -> String {
+        std::fs::read_to_string(self._gateway.log()).unwrap_or_default()
     }
 
     pub fn iso_base(&self) -> PathBuf {
@@ -352,6 +414,37 @@ impl Env {
                 r.stdout.trim().to_owned()
             })
             .collect()
+    }
+
+    /// One image `tag` in the OCI layout `<dir>`, made by make-oci.sh with `vars` in its
+    /// environment (`LAYER_RANDOM_MIB`, `LAYER_COMPRESS`); returns the manifest digest.
+    pub fn make_image_with(&self, dir: &str, tag: &str, vars: &[(&str, &str)]) -> String {
+        let mut cmd = Command::new("timeout");
+        cmd.arg(CLI_SECS).arg("bash").arg(helpers().join("make-oci.sh")).arg(self.path(dir)).arg(tag);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let r = run(&mut cmd);
+        assert!(r.ok(), "make-oci.sh failed: {}", r.all());
+        r.stdout.trim().to_owned()
+    }
+
+    /// [`Env::tool`] started in the background (stdout and stderr to `<name>.out` and
+    /// `<name>.err` in the test directory); wait for it with [`Background::wait`].
+    pub fn tool_background(&self, name: &str, args: &[&str]) -> Background {
+        let out = self.path(&format!("{name}.out"));
+        let err = self.path(&format!("{name}.err"));
+        let mut cmd = Command::new("bash");
+        cmd.arg(helpers().join("isolate.sh")).arg(self.iso_base()).arg(TOOL_SECS).args(args);
+        let shown = format!("{cmd:?}");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&err).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+        eprintln!("$ {shown} &  (pid {})", child.id());
+        Background { shown, child: Some(child), out, err }
     }
 
     pub fn oci(&self, dir: &str, tag: &str) -> String {
@@ -544,16 +637,95 @@ pub fn start_registry(dir: &Path) -> (Proc, String) {
     panic!("docker-registry did not become ready on any of 5 ports; last log:\n{last_log}");
 }
 
+/// A command running in the background ([`Env::tool_background`]); asked to stop (SIGTERM,
+/// which `timeout` passes on) and reaped if dropped before it ended.
+pub struct Background {
+    shown: String,
+    child: Option<Child>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Background {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Still running?
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits for the end (bounded by the `timeout` it runs under) and returns what it left.
+    pub fn wait(mut self) -> Run {
+        let mut child = self.child.take().expect("not yet waited for");
+        let status = child.wait().expect("wait for a background command");
+        let r = Run {
+            code: status.code(),
+            stdout: std::fs::read_to_string(&self.out).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.err).unwrap_or_default(),
+        };
+        eprintln!("$ {}  (background)\n  -> {:?}\n  stdout: {}\n  stderr: {}", self.shown, r.code, r.stdout.trim(), r.stderr.trim());
+        assert_ne!(r.code, Some(124), "timed out: {}", self.shown);
+        r
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            if c.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(500));
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The gateway of the other e2e tests: everything from flags (ports 0, the given upstream,
+/// `<dir>/data`), no config file. Returns it with its public `host:port` and admin URL.
 pub fn start_gateway(dir: &Path, upstream: &str) -> (Proc, String, String) {
+    let mut args: Vec<std::ffi::OsString> = ["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream"].map(Into::into).to_vec();
+    args.push(format!("http://{upstream}").into());
+    args.push("--data-dir".into());
+    args.push(dir.join("data").into());
+    let g = spawn_gateway(dir, &args);
+    let public = g.public.strip_prefix("http://").unwrap_or_else(|| panic!("public is not http:// in {:?}", g.ready_line)).to_owned();
+    let mut proc = g.proc;
+    // Listening already (the ready line comes after bind), but prove the public side answers.
+    wait_until(
+        "gateway",
+        Duration::from_secs(10),
+        || proc.exited().map_or(Ok(()), |s| Err(format!("exited with {s}"))),
+        || http(&public, "GET", "/v2/", &[]).is_ok(),
+    );
+    (proc, public, g.admin_url)
+}
+
+/// A gateway started by [`spawn_gateway`].
+pub struct Spawned {
+    pub proc: Proc,
+    /// `http://HOST:PORT` or `https://HOST:PORT`, as the ready line gives it.
+    pub public: String,
+    /// `http://HOST:PORT` of the admin listener.
+    pub admin_url: String,
+    pub ready_line: String,
+    /// Where stdout (the ready line, then the audit lines) is copied.
+    pub stdout_log: PathBuf,
+}
+
+/// `scopegate <args>` (e.g. `serve --config FILE`) with the e2e admin token, stderr to
+/// `<dir>/gateway.log` and stdout copied to `<dir>/gateway.stdout`; waits (bounded) for the
+/// ready line and returns the addresses it names. `<dir>` is created.
+pub fn spawn_gateway(dir: &Path, args: &[std::ffi::OsString]) -> Spawned {
     std::fs::create_dir_all(dir.join("data")).expect("gateway dir");
     let log = dir.join("gateway.log");
+    let stdout_log = dir.join("gateway.stdout");
     let mut cmd = Command::new(BIN);
     let child = scrubbed(&mut cmd)
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .arg("--upstream")
-        .arg(format!("http://{upstream}"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
+        .args(args)
         .env("SCOPEGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("SCOPEGATE_LOG", "info")
         .env("NO_COLOR", "1")
@@ -563,12 +735,14 @@ pub fn start_gateway(dir: &Path, upstream: &str) -> (Proc, String, String) {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
     let mut proc = Proc { name: "gateway", child, log };
-    // Read stdout on a thread (and keep draining it), so that a gateway that never prints
-    // the ready line fails the test at the deadline instead of hanging it.
+    // Read stdout on a thread (and keep draining it, into a file), so that a gateway that
+    // never prints the ready line fails the test at the deadline instead of hanging it.
     let stdout = proc.child.stdout.take().expect("piped stdout");
+    let mut copy = std::fs::File::create(&stdout_log).expect("gateway stdout file");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = writeln!(copy, "{line}");
             let _ = tx.send(line);
         }
     });
@@ -587,15 +761,7 @@ pub fn start_gateway(dir: &Path, upstream: &str) -> (Proc, String, String) {
     };
     assert!(line.starts_with("scopegate ready: "), "unexpected first stdout line {line:?}");
     let public = field("public=");
-    let admin = field("admin=");
-    let public = public.strip_prefix("http://").unwrap_or_else(|| panic!("public is not http:// in {line:?}")).to_owned();
-    // Listening already (the ready line comes after bind), but prove the public side answers.
-    wait_until(
-        "gateway",
-        Duration::from_secs(10),
-        || proc.exited().map_or(Ok(()), |s| Err(format!("exited with {s}"))),
-        || http(&public, "GET", "/v2/", &[]).is_ok(),
-    );
-    (proc, public, admin)
+    let admin_url = field("admin=");
+    Spawned { proc, public, admin_url, ready_line: line, stdout_log }
 }
 
