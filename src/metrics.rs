@@ -57,6 +57,8 @@ pub fn status_class(status: u16) -> &'static str {
 
 pub struct Metrics {
     registry: Registry,
+    /// `process_*` series, unprefixed as Prometheus conventions have them.
+    process: Registry,
     /// endpoint, action, outcome, credential
     pub requests: IntCounterVec,
     pub in_flight: IntGauge,
@@ -103,6 +105,7 @@ impl Metrics {
             audit_dropped: IntCounter::new("audit_dropped_total", "Audit lines dropped because the audit writer fell behind.")?,
             config_reloads: counter("config_reloads_total", "Configuration reloads by result.", &["result"])?,
             registry,
+            process: Registry::new(),
         };
         for c in [&m.requests, &m.token_requests, &m.credential_cache, &m.upstream_responses, &m.bytes, &m.config_reloads] {
             m.registry.register(Box::new(c.clone()))?;
@@ -112,14 +115,16 @@ impl Metrics {
         m.registry.register(Box::new(m.audit_dropped.clone()))?;
         m.registry.register(Box::new(PolicyCollector::new(Box::new(policy), Box::new(now))?))?;
         #[cfg(target_os = "linux")]
-        m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        m.process.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(m)
     }
 
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }
 }

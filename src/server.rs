@@ -18,7 +18,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -71,12 +70,18 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting and waits for open connections to finish.
+    /// Stops accepting and waits for open connections to finish (within the grace period).
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        self.begin_shutdown();
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+
+    /// Stops accepting new connections, drains the open ones, and turns `/readyz` off.
+    pub fn begin_shutdown(&self) {
+        self.state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.stop.send(true);
     }
 
     /// Waits until the servers end (after `stop`).
@@ -196,12 +201,16 @@ pub async fn start_with_store(
         tasks.push(tokio::spawn(watch_certificate(Arc::clone(cert), stopped.clone())));
     }
     let s1 = Arc::clone(&state);
-    tasks.push(tokio::spawn(serve(public, acceptor, stopped.clone(), grace, move |req, peer| {
+    // the admin listener (and its /readyz answering "draining") stays up until the public
+    // listener stops accepting
+    let (public_closed, admin_stop) = watch::channel(false);
+    tasks.push(tokio::spawn(serve(public, acceptor, stopped.clone(), grace, Drain::WhenQuiet, Some(public_closed), move |req, peer| {
         let s = Arc::clone(&s1);
         async move { crate::gateway::handle(s, req, peer).await }
     })));
     let s2 = Arc::clone(&state);
-    tasks.push(tokio::spawn(serve(admin, None, stopped, grace, move |req, _peer| {
+    drop(stopped);
+    tasks.push(tokio::spawn(serve(admin, None, admin_stop, grace, Drain::Immediately, None, move |req, _peer| {
         let s = Arc::clone(&s2);
         async move { crate::admin::handle(s, req).await }
     })));
@@ -258,16 +267,73 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Accepts connections (TLS when an acceptor is given) until `stop` turns true, then lets
-/// open connections finish for up to `grace`.
-async fn serve<H, F>(listener: TcpListener, tls: Option<TlsAcceptor>, mut stop: watch::Receiver<bool>, grace: Duration, handler: H)
-where
+/// How long a connection may sit idle while the gateway drains before it is closed. A
+/// client in the middle of a push sends its next request within this time.
+const DRAIN_IDLE_CLOSE: Duration = Duration::from_secs(2);
+
+/// How long the public listener must see no request before it stops accepting, once
+/// draining. Clients such as skopeo and podman open a new connection for every request
+/// (containers/image disables keep-alive), so a push in progress needs the listener open
+/// until it is done; new work stops arriving because `/readyz` already says no.
+const DRAIN_QUIET: Duration = Duration::from_secs(2);
+
+/// Whether a listener keeps accepting while draining.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Stop accepting at once (the admin listener).
+    Immediately,
+    /// Keep accepting until requests stop arriving (the public listener).
+    WhenQuiet,
+}
+
+/// Requests in flight on one connection, and when it last finished one.
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn now_ms(start: std::time::Instant) -> u64 {
+        u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Accepts connections (TLS when an acceptor is given) until `stop` turns true. Then it
+/// drains: with [`Drain::WhenQuiet`] it keeps accepting until no request has arrived for
+/// [`DRAIN_QUIET`] and none is in flight (a push is a conversation of many requests, on as
+/// many connections); then it stops accepting, closes each open connection once it has
+/// been idle for a moment, and after `grace` closes whatever is still open.
+async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    drain: Drain,
+    closed: Option<watch::Sender<bool>>,
+    handler: H,
+) where
     H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    use std::sync::atomic::Ordering;
+    let epoch = std::time::Instant::now();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    // requests on this listener, across connections
+    let all = Arc::new(Activity::default());
+    let mut connections = tokio::task::JoinSet::new();
+    let mut draining = false;
     loop {
+        if draining {
+            let quiet_ms = Activity::now_ms(epoch).saturating_sub(all.last_ms.load(Ordering::Relaxed));
+            let quiet = all.in_flight.load(Ordering::Relaxed) == 0 && quiet_ms >= DRAIN_QUIET.as_millis() as u64;
+            let late = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if drain == Drain::Immediately || quiet || late {
+                break;
+            }
+        }
         tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)), if draining => continue,
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
@@ -278,24 +344,34 @@ where
                         continue;
                     }
                 };
+                while connections.try_join_next().is_some() {}
                 let _ = stream.set_nodelay(true);
-                let h = handler.clone();
+                let activity = Arc::new(Activity::default());
+                let (h, a, g) = (handler.clone(), Arc::clone(&activity), Arc::clone(&all));
                 let svc = service_fn(move |req| {
-                    let h = h.clone();
-                    async move { Ok::<_, Infallible>(h(req, peer).await) }
+                    let (h, a, g) = (h.clone(), Arc::clone(&a), Arc::clone(&g));
+                    for x in [&a, &g] {
+                        x.in_flight.fetch_add(1, Ordering::Relaxed);
+                        x.last_ms.store(Activity::now_ms(epoch), Ordering::Relaxed);
+                    }
+                    async move {
+                        let resp = h(req, peer).await;
+                        for x in [&a, &g] {
+                            x.last_ms.store(Activity::now_ms(epoch), Ordering::Relaxed);
+                            x.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
-                let watcher = graceful.watcher();
                 let tls = tls.clone();
-                tokio::spawn(async move {
-                    let builder = {
-                        let mut b = http1::Builder::new();
-                        b.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
-                        b
-                    };
+                let stop = stop.clone();
+                connections.spawn(async move {
+                    let mut builder = http1::Builder::new();
+                    builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
                     let result = match tls {
-                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc)).await,
+                        None => drain_aware(builder.serve_connection(TokioIo::new(stream), svc), stop, &activity, epoch).await,
                         Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                            Ok(Ok(tls_stream)) => watcher.watch(builder.serve_connection(TokioIo::new(tls_stream), svc)).await,
+                            Ok(Ok(tls_stream)) => drain_aware(builder.serve_connection(TokioIo::new(tls_stream), svc), stop, &activity, epoch).await,
                             Ok(Err(e)) => return debug!(client = %peer, error = %e, "TLS handshake failed"),
                             Err(_) => return debug!(client = %peer, "TLS handshake timed out"),
                         },
@@ -305,11 +381,59 @@ where
                     }
                 });
             }
-            () = stopped(&mut stop) => break,
+            () = stopped(&mut stop), if !draining => {
+                draining = true;
+                deadline = Some(tokio::time::Instant::now() + grace);
+                all.last_ms.fetch_max(Activity::now_ms(epoch), Ordering::Relaxed);
+            }
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        warn!(grace_secs = grace.as_secs(), "shutdown grace period over; closing the connections still open");
+    if let Some(c) = closed {
+        let _ = c.send(true);
+    }
+    let open = connections.len();
+    if open > 0 {
+        info!(open, grace_secs = grace.as_secs(), "stopped accepting; draining open connections");
+    }
+    let left = deadline.map_or(grace, |d| d.saturating_duration_since(tokio::time::Instant::now()));
+    let drained = tokio::time::timeout(left, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(grace_secs = grace.as_secs(), still_open = connections.len(), "shutdown grace period over; closing the connections still open");
+        connections.abort_all();
+    }
+}
+
+/// Serves a connection; once the gateway drains, closes it (after the response in
+/// progress) as soon as it has been idle for [`DRAIN_IDLE_CLOSE`].
+async fn drain_aware<I, S>(
+    conn: hyper::server::conn::http1::Connection<I, S>,
+    mut stop: watch::Receiver<bool>,
+    activity: &Activity,
+    epoch: std::time::Instant,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use std::sync::atomic::Ordering;
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        () = stopped(&mut stop) => {}
+    }
+    // draining: the connection stays open while it is used
+    activity.last_ms.fetch_max(Activity::now_ms(epoch), Ordering::Relaxed);
+    loop {
+        let idle_ms = Activity::now_ms(epoch).saturating_sub(activity.last_ms.load(Ordering::Relaxed));
+        if activity.in_flight.load(Ordering::Relaxed) == 0 && idle_ms >= DRAIN_IDLE_CLOSE.as_millis() as u64 {
+            conn.as_mut().graceful_shutdown();
+            return conn.await;
+        }
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
     }
 }

@@ -63,6 +63,8 @@ pub struct State {
     pub keys: Arc<KeySet>,
     /// Untags run one at a time (they may delete and restore a manifest).
     pub untag_lock: tokio::sync::Mutex<()>,
+    /// Set when shutdown begins: `/readyz` then says no, so traffic moves elsewhere.
+    pub draining: std::sync::atomic::AtomicBool,
     policy: Arc<ArcSwap<Policy>>,
     admin_digest: [u8; 32],
     write_lock: tokio::sync::Mutex<()>,
@@ -91,6 +93,7 @@ impl State {
             metrics,
             keys,
             untag_lock: tokio::sync::Mutex::new(()),
+            draining: std::sync::atomic::AtomicBool::new(false),
             policy,
             admin_digest,
             write_lock: tokio::sync::Mutex::new(()),

@@ -77,12 +77,14 @@ async fn ready(state: &Arc<State>) -> (StatusCode, Value) {
     let store_ok = matches!(tokio::task::spawn_blocking(move || store.epoch()).await, Ok(Ok(_)));
     let keys_ok = !state.keys.current().kid.is_empty();
     let upstream = state.runtime().upstream.probe().await;
-    let all = store_ok && keys_ok && upstream.is_ok();
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let all = store_ok && keys_ok && upstream.is_ok() && !draining;
     let status = if all { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (
         status,
         json!({
             "ready": all,
+            "draining": draining,
             "store": store_ok,
             "keys": keys_ok,
             "upstream": upstream.as_ref().map(|_| "reachable".to_owned()).unwrap_or_else(|e| e.clone()),

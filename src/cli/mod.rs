@@ -727,7 +727,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     serve_until_stopped(&running, config_path.as_deref(), &overrides).await;
     let grace = running.state.runtime().config.shutdown_grace;
     tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections, letting open ones finish");
-    let _ = running.stopper().send(true);
+    running.begin_shutdown();
     running.join().await;
     tracing::info!("stopped");
     Ok(())
@@ -742,7 +742,8 @@ async fn serve_until_stopped(running: &server::Running, path: Option<&std::path:
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
-    let stamp = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    // modification time and length: a change of either is a change
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
     let mut last = path.and_then(stamp);
     loop {
         let why = tokio::select! {
@@ -752,12 +753,18 @@ async fn serve_until_stopped(running: &server::Running, path: Option<&std::path:
             () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
                 let now = path.and_then(stamp);
                 if now == last { continue; }
+                // let a writer finish: read only a file that stays the same for a moment
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                if path.and_then(stamp) != now { continue; }
                 last = now;
                 "the configuration file changed"
             }
         };
         match Config::load(path, overrides) {
-            Err(e) => tracing::error!(reason = why, error = %e, "configuration refused; still serving the previous one"),
+            Err(e) => {
+                running.state.metrics.config_reloads.with_label_values(&["refused"]).inc();
+                tracing::error!(reason = why, error = %e, "configuration refused; still serving the previous one");
+            }
             Ok(c) => match running.reload(c).await {
                 Ok(()) => tracing::info!(reason = why, "configuration reloaded"),
                 Err(e) => tracing::error!(reason = why, error = %e, "configuration refused; still serving the previous one"),

@@ -57,7 +57,7 @@ impl CredentialKind {
             CredentialKind::None => "none",
             CredentialKind::Basic => "basic",
             CredentialKind::Session => "session",
-            CredentialKind::ApiKey => "apikey",
+            CredentialKind::ApiKey => "api_key",
             CredentialKind::External => "external_jwt",
         }
     }
