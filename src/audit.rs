@@ -5,7 +5,8 @@
 //!
 //! Lines go to a writer thread through a bounded queue, so the request path never waits on
 //! the disk; when the writer falls behind, lines are dropped and counted
-//! (`scopegate_audit_dropped_total`).
+//! (`scopegate_audit_dropped_total`). The writer wakes every 50 ms and writes what has
+//! queued in one go (no wake-up per request); dropping the [`Auditor`] writes the rest.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -60,8 +61,12 @@ const QUEUE: usize = 65_536;
 
 pub struct Auditor {
     tx: Option<SyncSender<String>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     dropped: IntCounter,
 }
+
+/// How often the writer looks for queued lines.
+const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl std::fmt::Debug for Auditor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,24 +77,37 @@ impl std::fmt::Debug for Auditor {
 impl Auditor {
     pub fn new(output: &AuditOutput, dropped: IntCounter) -> std::io::Result<Auditor> {
         let sink: Box<dyn Write + Send> = match output {
-            AuditOutput::Off => return Ok(Auditor { tx: None, dropped }),
+            AuditOutput::Off => return Ok(Auditor { tx: None, writer: None, dropped }),
             AuditOutput::Stdout => Box::new(std::io::stdout()),
             AuditOutput::Stderr => Box::new(std::io::stderr()),
             AuditOutput::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (tx, rx) = sync_channel::<String>(QUEUE);
-        std::thread::Builder::new().name("scopegate-audit".into()).spawn(move || {
-            let mut out = std::io::BufWriter::new(sink);
-            while let Ok(line) = rx.recv() {
-                let _ = out.write_all(line.as_bytes());
-                // write what is queued, then flush while idle
-                while let Ok(more) = rx.try_recv() {
-                    let _ = out.write_all(more.as_bytes());
+        let writer = std::thread::Builder::new().name("scopegate-audit".into()).spawn(move || {
+            use std::sync::mpsc::TryRecvError;
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, sink);
+            loop {
+                let mut closed = false;
+                loop {
+                    match rx.try_recv() {
+                        Ok(line) => {
+                            let _ = out.write_all(line.as_bytes());
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
+                    }
                 }
                 let _ = out.flush();
+                if closed {
+                    return;
+                }
+                std::thread::sleep(WRITE_EVERY);
             }
         })?;
-        Ok(Auditor { tx: Some(tx), dropped })
+        Ok(Auditor { tx: Some(tx), writer: Some(writer), dropped })
     }
 
     pub fn record(&self, e: &Event<'_>) {
@@ -99,6 +117,16 @@ impl Auditor {
         match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+impl Drop for Auditor {
+    /// Writes what is still queued before the auditor goes (a reload, or the end).
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
         }
     }
 }
