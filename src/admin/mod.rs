@@ -184,6 +184,8 @@ fn store_error(e: StoreError) -> Rejection {
         StoreError::Conflict(what) => Rejection::conflict(format!("{what} already exists")),
         StoreError::InUse(msg) => Rejection::conflict(msg),
         StoreError::Invalid(msg) => bad(msg),
+        e @ StoreError::Stale(_) => Rejection::conflict(e.to_string()),
+        e @ StoreError::Unavailable(_) => Rejection::upstream_unavailable(e.to_string()),
         StoreError::Backend(msg) => Rejection::internal(format!("store failure: {msg}")),
     }
 }
@@ -555,7 +557,7 @@ async fn create_key(state: &Arc<State>, req: CreateApiKey) -> Answer {
     let expiry = expiry(now, req.expiration_in_days, req.expiration.as_deref())?;
     let value = secret::generate(secret::API_KEY_PREFIX).map_err(|e| Rejection::internal(e.to_string()))?;
     let id = secret::random_id().map_err(|e| Rejection::internal(e.to_string()))?;
-    let key = ApiKey { name, id, digest: value.digest(), scope_map, status, created: now, expiry };
+    let key = ApiKey { name, id, digest: value.digest(), scope_map, status, created: now, expiry, revision: 0 };
     let view = api_key_view(&key, Some(&value));
     state
         .write(move |store, policy| {

@@ -49,6 +49,8 @@ pub struct ApiKey {
     pub status: Status,
     pub created: OffsetDateTime,
     pub expiry: Option<OffsetDateTime>,
+    /// The stored revision this copy was read at (see `ScopeMap::revision`).
+    pub revision: u64,
 }
 
 impl ApiKey {

@@ -92,6 +92,9 @@ pub struct ScopeMap {
     pub description: String,
     pub kind: MapKind,
     pub created: OffsetDateTime,
+    /// The stored revision this copy was read at (0 before it is first stored); a write
+    /// succeeds only if the stored record is still at this revision.
+    pub revision: u64,
     /// Actions per pattern; the source of truth, kept sorted for stable output.
     rules: BTreeMap<RepoPattern, ActionSet>,
     index: Index,
@@ -107,7 +110,7 @@ struct Index {
 impl ScopeMap {
     pub fn new(name: MapName, description: String, created: OffsetDateTime, rules: BTreeMap<RepoPattern, ActionSet>) -> Self {
         let kind = if name.is_system() { MapKind::SystemDefined } else { MapKind::UserDefined };
-        let mut m = ScopeMap { name, description, kind, created, rules, index: Index::default() };
+        let mut m = ScopeMap { name, description, kind, created, revision: 0, rules, index: Index::default() };
         m.reindex();
         m
     }

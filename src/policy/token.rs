@@ -132,12 +132,14 @@ pub struct Token {
     pub scope_map: MapName,
     pub status: Status,
     pub created: OffsetDateTime,
+    /// The stored revision this copy was read at (see `ScopeMap::revision`).
+    pub revision: u64,
     passwords: [Option<Password>; 2],
 }
 
 impl Token {
     pub fn new(name: TokenName, scope_map: MapName, status: Status, created: OffsetDateTime) -> Token {
-        Token { name, scope_map, status, created, passwords: [None, None] }
+        Token { name, scope_map, status, created, revision: 0, passwords: [None, None] }
     }
 
     pub fn password(&self, slot: Slot) -> Option<&Password> {

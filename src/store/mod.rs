@@ -24,6 +24,12 @@ pub enum StoreError {
     /// A write its caller refused after reading the current records (a bad request).
     #[error("{0}")]
     Invalid(String),
+    /// The record changed since it was read (another writer, e.g. another replica).
+    #[error("{0} was changed by another writer since it was read; read it again and retry")]
+    Stale(String),
+    /// The store cannot be reached.
+    #[error("the policy store is unavailable: {0}")]
+    Unavailable(String),
     #[error("store failure: {0}")]
     Backend(String),
 }

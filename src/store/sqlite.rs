@@ -79,6 +79,10 @@ CREATE TABLE api_keys (
     created_at INTEGER NOT NULL,
     expires_at INTEGER
 );
+"#, r#"
+ALTER TABLE scope_maps ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE tokens ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE api_keys ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;
 "#];
 
 /// Settings key of the anonymous scope map ("" = explicitly none).
@@ -217,12 +221,16 @@ impl Store for SqliteStore {
                 rules.entry(map).or_default().insert(p, actions_parse(&actions)?);
             }
             let mut maps = Vec::new();
-            let mut st = c.prepare("SELECT name, description, created_at FROM scope_maps").map_err(backend)?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))).map_err(backend)?;
+            let mut st = c.prepare("SELECT name, description, created_at, revision FROM scope_maps").map_err(backend)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))
+                .map_err(backend)?;
             for row in rows {
-                let (name, description, created) = row.map_err(backend)?;
+                let (name, description, created, revision) = row.map_err(backend)?;
                 let r = rules.remove(&name).unwrap_or_default();
-                maps.push(ScopeMap::new(MapName::parse(&name).map_err(backend)?, description, from_ts(created)?, r));
+                let mut m = ScopeMap::new(MapName::parse(&name).map_err(backend)?, description, from_ts(created)?, r);
+                m.revision = u64::try_from(revision).map_err(backend)?;
+                maps.push(m);
             }
             let mut passwords: BTreeMap<String, Vec<(Slot, Password)>> = BTreeMap::new();
             let mut st = c.prepare("SELECT token, slot, id, digest, created_at, expires_at FROM token_passwords").map_err(backend)?;
@@ -246,12 +254,14 @@ impl Store for SqliteStore {
                 passwords.entry(token).or_default().push((slot, Password { id, digest, created: from_ts(created)?, expiry }));
             }
             let mut tokens = Vec::new();
-            let mut st = c.prepare("SELECT name, scope_map, status, created_at FROM tokens").map_err(backend)?;
+            let mut st = c.prepare("SELECT name, scope_map, status, created_at, revision FROM tokens").map_err(backend)?;
             let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?)))
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
+                })
                 .map_err(backend)?;
             for row in rows {
-                let (name, map, status, created) = row.map_err(backend)?;
+                let (name, map, status, created, revision) = row.map_err(backend)?;
                 let mut t = Token::new(
                     TokenName::parse(&name).map_err(backend)?,
                     MapName::parse(&map).map_err(backend)?,
@@ -261,6 +271,7 @@ impl Store for SqliteStore {
                 for (slot, p) in passwords.remove(&name).unwrap_or_default() {
                     t.set_password(slot, Some(p));
                 }
+                t.revision = u64::try_from(revision).map_err(backend)?;
                 tokens.push(t);
             }
             let mut attributes = Vec::new();
@@ -285,7 +296,7 @@ impl Store for SqliteStore {
                 })
                 .transpose()?;
             let mut api_keys = Vec::new();
-            let mut st = c.prepare("SELECT name, id, digest, scope_map, status, created_at, expires_at FROM api_keys").map_err(backend)?;
+            let mut st = c.prepare("SELECT name, id, digest, scope_map, status, created_at, expires_at, revision FROM api_keys").map_err(backend)?;
             let rows = st
                 .query_map([], |r| {
                     Ok((
@@ -296,11 +307,12 @@ impl Store for SqliteStore {
                         r.get::<_, String>(4)?,
                         r.get::<_, i64>(5)?,
                         r.get::<_, Option<i64>>(6)?,
+                        r.get::<_, i64>(7)?,
                     ))
                 })
                 .map_err(backend)?;
             for row in rows {
-                let (name, id, digest, map, status, created, expires) = row.map_err(backend)?;
+                let (name, id, digest, map, status, created, expires, revision) = row.map_err(backend)?;
                 api_keys.push(ApiKey {
                     name: KeyName::parse(&name).map_err(backend)?,
                     id,
@@ -309,6 +321,7 @@ impl Store for SqliteStore {
                     status: Status::parse(&status).map_err(backend)?,
                     created: from_ts(created)?,
                     expiry: expires.map(from_ts).transpose()?,
+                    revision: u64::try_from(revision).map_err(backend)?,
                 });
             }
             Ok(PolicyRecords { epoch, maps, tokens, api_keys, attributes, anonymous })
@@ -326,10 +339,13 @@ impl Store for SqliteStore {
     fn update_scope_map(&self, map: &ScopeMap) -> Result<(), StoreError> {
         self.with_tx(|tx| {
             let n = tx
-                .execute("UPDATE scope_maps SET description = ?2 WHERE name = ?1", params![map.name.as_str(), map.description])
+                .execute(
+                    "UPDATE scope_maps SET description = ?2, revision = revision + 1 WHERE name = ?1 AND revision = ?3",
+                    params![map.name.as_str(), map.description, rev(map.revision)?],
+                )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("scope map {}", map.name)));
+                return Err(missing_or_stale(tx, "scope_maps", map.name.as_str(), format!("scope map {}", map.name)));
             }
             write_rules(tx, map)
         })
@@ -377,12 +393,12 @@ impl Store for SqliteStore {
         self.with_tx(|tx| {
             let n = tx
                 .execute(
-                    "UPDATE tokens SET scope_map = ?2, status = ?3 WHERE name = ?1",
-                    params![token.name.as_str(), token.scope_map.as_str(), token.status.as_str()],
+                    "UPDATE tokens SET scope_map = ?2, status = ?3, revision = revision + 1 WHERE name = ?1 AND revision = ?4",
+                    params![token.name.as_str(), token.scope_map.as_str(), token.status.as_str(), rev(token.revision)?],
                 )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("token {}", token.name)));
+                return Err(missing_or_stale(tx, "tokens", token.name.as_str(), format!("token {}", token.name)));
             }
             write_passwords(tx, token)
         })
@@ -418,12 +434,12 @@ impl Store for SqliteStore {
         self.with_tx(|tx| {
             let n = tx
                 .execute(
-                    "UPDATE api_keys SET scope_map = ?2, status = ?3, expires_at = ?4 WHERE name = ?1",
-                    params![k.name.as_str(), k.scope_map.as_str(), k.status.as_str(), k.expiry.map(ts)],
+                    "UPDATE api_keys SET scope_map = ?2, status = ?3, expires_at = ?4, revision = revision + 1 WHERE name = ?1 AND revision = ?5",
+                    params![k.name.as_str(), k.scope_map.as_str(), k.status.as_str(), k.expiry.map(ts), rev(k.revision)?],
                 )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::NotFound(format!("API key {}", k.name)));
+                return Err(missing_or_stale(tx, "api_keys", k.name.as_str(), format!("API key {}", k.name)));
             }
             Ok(())
         })
@@ -539,6 +555,24 @@ impl Store for SqliteStore {
     }
 }
 
+fn rev(r: u64) -> Result<i64, StoreError> {
+    i64::try_from(r).map_err(backend)
+}
+
+/// After an update touched no row: the record is gone, or it moved on since it was read.
+fn missing_or_stale(tx: &Transaction<'_>, table: &str, name: &str, what: String) -> StoreError {
+    let exists = tx
+        .query_row(&format!("SELECT 1 FROM {table} WHERE name = ?1"), [name], |_| Ok(()))
+        .optional()
+        .map(|o| o.is_some())
+        .unwrap_or(false);
+    if exists {
+        StoreError::Stale(what)
+    } else {
+        StoreError::NotFound(what)
+    }
+}
+
 fn read_epoch(c: &Connection) -> Result<u64, StoreError> {
     let v: i64 = c.query_row("SELECT CAST(value AS INTEGER) FROM settings WHERE key = 'epoch'", [], |r| r.get(0)).map_err(backend)?;
     u64::try_from(v).map_err(backend)
@@ -575,6 +609,25 @@ mod tests {
         let t = &r.tokens[0];
         assert!(t.password(Slot::Password1).is_none());
         assert_eq!(t.password(Slot::Password2).unwrap().digest, [7; 32]);
+    }
+
+    #[test]
+    fn a_write_from_a_stale_copy_is_refused_not_lost() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create_scope_map(&map("m1")).unwrap();
+        let loaded = s.load().unwrap().maps.remove(0);
+        assert_eq!(loaded.revision, 1);
+        // two writers read revision 1; the first one's change lands, the second is refused
+        let (mut a, mut b) = (loaded.clone(), loaded);
+        a.description = "from A".into();
+        b.description = "from B".into();
+        s.update_scope_map(&a).unwrap();
+        assert!(matches!(s.update_scope_map(&b), Err(StoreError::Stale(_))));
+        let now = s.load().unwrap().maps.remove(0);
+        assert_eq!((now.description.as_str(), now.revision), ("from A", 2));
+        let mut gone = now.clone();
+        gone.name = MapName::parse("nope").unwrap();
+        assert!(matches!(s.update_scope_map(&gone), Err(StoreError::NotFound(_))));
     }
 
     #[test]
