@@ -198,32 +198,6 @@ pub enum Requirement<'a> {
     Repository { repo: &'a RepoName, action: Action, mount_from: Option<&'a RepoName>, locks: bool },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use Action::*;
-
-    #[test]
-    fn request_words_map_as_the_design_says() {
-        let all = ActionSet::ALL;
-        assert_eq!(ActionSet::from_request_words(["pull"], all), ActionSet::of(&[ContentRead, MetadataRead]));
-        assert_eq!(ActionSet::from_request_words(["pull"], ActionSet::of(&[ContentRead])), ActionSet::of(&[ContentRead]));
-        assert_eq!(ActionSet::from_request_words(["push", "pull"], ActionSet::of(&[ContentWrite])), ActionSet::of(&[ContentWrite]));
-        assert_eq!(ActionSet::from_request_words(["delete"], all), ActionSet::of(&[ContentDelete, MetadataWrite]));
-        assert_eq!(ActionSet::from_request_words(["*"], ActionSet::of(&[ContentRead])), ActionSet::of(&[ContentRead]));
-        assert_eq!(ActionSet::from_request_words(["search", "Pull", ""], all), ActionSet::EMPTY);
-    }
-
-    #[test]
-    fn claim_words_round_trip_and_reject_strangers() {
-        for bits in 0..32u8 {
-            let set = ActionSet(bits);
-            assert_eq!(ActionSet::from_claim_words(set.claim_words()), Some(set));
-        }
-        assert_eq!(ActionSet::from_claim_words(["pull", "*"]), None);
-    }
-}
-
 /// A resource and action as a challenge names it (`scope="repository:x:pull"`), telling the
 /// client what token to ask for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -249,5 +223,31 @@ impl Requirement<'_> {
             Requirement::Catalog => vec![ScopeHint::Catalog],
             Requirement::Repository { repo, action, .. } => vec![ScopeHint::Repository((*repo).clone(), *action)],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::*;
+
+    #[test]
+    fn request_words_map_as_the_design_says() {
+        let all = ActionSet::ALL;
+        assert_eq!(ActionSet::from_request_words(["pull"], all), ActionSet::of(&[ContentRead, MetadataRead]));
+        assert_eq!(ActionSet::from_request_words(["pull"], ActionSet::of(&[ContentRead])), ActionSet::of(&[ContentRead]));
+        assert_eq!(ActionSet::from_request_words(["push", "pull"], ActionSet::of(&[ContentWrite])), ActionSet::of(&[ContentWrite]));
+        assert_eq!(ActionSet::from_request_words(["delete"], all), ActionSet::of(&[ContentDelete, MetadataWrite]));
+        assert_eq!(ActionSet::from_request_words(["*"], ActionSet::of(&[ContentRead])), ActionSet::of(&[ContentRead]));
+        assert_eq!(ActionSet::from_request_words(["search", "Pull", ""], all), ActionSet::EMPTY);
+    }
+
+    #[test]
+    fn claim_words_round_trip_and_reject_strangers() {
+        for bits in 0..32u8 {
+            let set = ActionSet(bits);
+            assert_eq!(ActionSet::from_claim_words(set.claim_words()), Some(set));
+        }
+        assert_eq!(ActionSet::from_claim_words(["pull", "*"]), None);
     }
 }

@@ -228,6 +228,32 @@ fn challenge_detail(ch: &Challenge) -> serde_json::Value {
         .collect()
 }
 
+impl From<crate::policy::Denial> for Rejection {
+    fn from(d: crate::policy::Denial) -> Self {
+        use crate::policy::Denial;
+        match d {
+            Denial::Unauthenticated { hints } => {
+                Rejection::unauthorized(Challenge { scopes: hints, error: None }, "authentication required")
+            }
+            Denial::InsufficientScope { hints, reason } => Rejection::unauthorized(
+                Challenge { scopes: hints, error: Some(ChallengeError::InsufficientScope) },
+                format!("requested access to the resource is denied: {reason}"),
+            ),
+            Denial::Denied { reason } => Rejection::denied(format!("requested access to the resource is denied: {reason}")),
+            Denial::Locked { repo, lock } => Rejection::denied(format!("repository {repo} is {lock}")),
+        }
+    }
+}
+
+impl Rejection {
+    /// A credential that failed on a `/v2` request: 401 with a challenge for what the
+    /// request needs (`error="invalid_token"` when a Bearer token was sent).
+    pub fn auth_failed(f: crate::auth::AuthFailure, hints: Vec<ScopeHint>) -> Self {
+        let error = f.bearer.then_some(ChallengeError::InvalidToken);
+        Rejection::unauthorized(Challenge { scopes: hints, error }, f.reason)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,31 +281,5 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
         assert!(resp.headers().get(header::WWW_AUTHENTICATE).is_none());
-    }
-}
-
-impl From<crate::policy::Denial> for Rejection {
-    fn from(d: crate::policy::Denial) -> Self {
-        use crate::policy::Denial;
-        match d {
-            Denial::Unauthenticated { hints } => {
-                Rejection::unauthorized(Challenge { scopes: hints, error: None }, "authentication required")
-            }
-            Denial::InsufficientScope { hints, reason } => Rejection::unauthorized(
-                Challenge { scopes: hints, error: Some(ChallengeError::InsufficientScope) },
-                format!("requested access to the resource is denied: {reason}"),
-            ),
-            Denial::Denied { reason } => Rejection::denied(format!("requested access to the resource is denied: {reason}")),
-            Denial::Locked { repo, lock } => Rejection::denied(format!("repository {repo} is {lock}")),
-        }
-    }
-}
-
-impl Rejection {
-    /// A credential that failed on a `/v2` request: 401 with a challenge for what the
-    /// request needs (`error="invalid_token"` when a Bearer token was sent).
-    pub fn auth_failed(f: crate::auth::AuthFailure, hints: Vec<ScopeHint>) -> Self {
-        let error = f.bearer.then_some(ChallengeError::InvalidToken);
-        Rejection::unauthorized(Challenge { scopes: hints, error }, f.reason)
     }
 }

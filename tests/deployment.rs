@@ -4,6 +4,8 @@
 //! buildah and run. The work is done by the scripts in `tests/helm/`, which print one line
 //! per check; these tests fail when a script does, or when its tools are missing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_scopegate");

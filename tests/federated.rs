@@ -2,6 +2,8 @@
 //! (`bearer:<jwt>` at login, `Bearer <jwt>` on /v2), against a loopback JWKS server whose
 //! RS256 and ES256 keys are generated at test time. Each test is named after its case.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,7 +32,8 @@ struct TestKey {
 
 impl TestKey {
     fn generate(kid: &str, alg: Algorithm) -> TestKey {
-        let (rc_alg, from_pem): (&'static rcgen::SignatureAlgorithm, fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>) = match alg {
+        type FromPem = fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>;
+        let (rc_alg, from_pem): (&'static rcgen::SignatureAlgorithm, FromPem) = match alg {
             Algorithm::RS256 => (&rcgen::PKCS_RSA_SHA256, EncodingKey::from_rsa_pem),
             Algorithm::ES256 => (&rcgen::PKCS_ECDSA_P256_SHA256, EncodingKey::from_ec_pem),
             other => panic!("{other:?}"),

@@ -1,6 +1,8 @@
 //! Integration tests: the whole gateway in-process on port 0 in front of a recording fake
 //! registry. Each test is named after the case it guards.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 mod support;
 
 use http::StatusCode;

@@ -51,6 +51,19 @@ fn parse_one(s: &str) -> Result<Scope, ScopeError> {
     })
 }
 
+/// Formats granted access as a space-separated scope string (the POST response's `scope`).
+pub fn format_access(access: &crate::access::Access) -> String {
+    let mut parts: Vec<String> = access
+        .repositories
+        .iter()
+        .map(|(name, set)| format!("repository:{name}:{}", set.claim_words().collect::<Vec<_>>().join(",")))
+        .collect();
+    if access.catalog {
+        parts.push("registry:catalog:*".into());
+    }
+    parts.join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,17 +94,4 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// Formats granted access as a space-separated scope string (the POST response's `scope`).
-pub fn format_access(access: &crate::access::Access) -> String {
-    let mut parts: Vec<String> = access
-        .repositories
-        .iter()
-        .map(|(name, set)| format!("repository:{name}:{}", set.claim_words().collect::<Vec<_>>().join(",")))
-        .collect();
-    if access.catalog {
-        parts.push("registry:catalog:*".into());
-    }
-    parts.join(" ")
 }
