@@ -288,8 +288,8 @@ PASSWORD=$(jq -r '.credentials.passwords[0].value' "$WORK/token.json")
 
 # ---------------------------------------------------------------- 2. images
 log "building + pushing images (small, ${BIG_MIB} MiB)"
-"$BENCH_DIR/make-oci.sh" "$WORK/oci-small" v1 >/dev/null
-LAYER_COMPRESS=none "$BENCH_DIR/make-oci.sh" "$WORK/oci-big" v1 "$BIG_MIB" >/dev/null
+"$BENCH_DIR/../tests/e2e/make-oci.sh" "$WORK/oci-small" v1 >/dev/null
+LAYER_COMPRESS=none LAYER_RANDOM_MIB="$BIG_MIB" "$BENCH_DIR/../tests/e2e/make-oci.sh" "$WORK/oci-big" v1 >/dev/null
 for img in small big; do
   timeout --foreground 600 skopeo --insecure-policy copy -q --dest-tls-verify=false \
     "oci:$WORK/oci-$img:v1" "docker://127.0.0.1:$REG_PORT/$REPO:$img" >&2

@@ -377,6 +377,26 @@ async fn create_token(state: &Arc<State>, req: CreateToken) -> Answer {
     Ok((StatusCode::CREATED, view))
 }
 
+/// Gives a token or an API key another scope map (which must exist) and/or status.
+fn reassign(
+    policy: &crate::policy::Policy,
+    new_map: Option<MapName>,
+    new_status: Option<Status>,
+    map: &mut MapName,
+    status: &mut Status,
+) -> Result<(), StoreError> {
+    if let Some(m) = new_map {
+        if policy.map(&m).is_none() {
+            return Err(StoreError::NotFound(format!("scope map {m}")));
+        }
+        *map = m;
+    }
+    if let Some(s) = new_status {
+        *status = s;
+    }
+    Ok(())
+}
+
 async fn update_token(state: &Arc<State>, name: &str, req: UpdateToken) -> Answer {
     let name = token_name(name)?;
     let new_map = req.scope_map.as_deref().map(map_name).transpose()?;
@@ -387,15 +407,7 @@ async fn update_token(state: &Arc<State>, name: &str, req: UpdateToken) -> Answe
     let view = state
         .write(move |store, policy| {
             let mut t = policy.token(&name).cloned().ok_or_else(|| StoreError::NotFound(format!("token {name}")))?;
-            if let Some(m) = new_map {
-                if policy.map(&m).is_none() {
-                    return Err(StoreError::NotFound(format!("scope map {m}")));
-                }
-                t.scope_map = m;
-            }
-            if let Some(s) = new_status {
-                t.status = s;
-            }
+            reassign(policy, new_map, new_status, &mut t.scope_map, &mut t.status)?;
             store.update_token(&t)?;
             Ok(token_view(&t, &[]))
         })
@@ -581,15 +593,7 @@ async fn update_key(state: &Arc<State>, name: &str, req: UpdateToken) -> Answer 
     let view = state
         .write(move |store, policy| {
             let mut k = policy.api_key(&name).cloned().ok_or_else(|| StoreError::NotFound(format!("API key {name}")))?;
-            if let Some(m) = new_map {
-                if policy.map(&m).is_none() {
-                    return Err(StoreError::NotFound(format!("scope map {m}")));
-                }
-                k.scope_map = m;
-            }
-            if let Some(s) = new_status {
-                k.status = s;
-            }
+            reassign(policy, new_map, new_status, &mut k.scope_map, &mut k.status)?;
             store.update_api_key(&k)?;
             Ok(api_key_view(&k, None))
         })

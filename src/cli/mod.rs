@@ -471,6 +471,22 @@ fn image(text: &str) -> Result<(String, &'static str, String), CliError> {
     Ok((r.to_owned(), "_tags", t.to_owned()))
 }
 
+impl Target {
+    /// The repository and the API path a `--repository` or `--image` names; `kind` forces
+    /// the collection an image's reference is looked up in.
+    fn resolve(&self, kind: Option<&'static str>) -> Result<(String, String), CliError> {
+        match (&self.repository, &self.image) {
+            (Some(r), _) => Ok((r.clone(), repo_path(r)?)),
+            (None, Some(i)) => {
+                let (r, own_kind, reference) = image(i)?;
+                let p = format!("{}/{}/{reference}", repo_path(&r)?, kind.unwrap_or(own_kind));
+                Ok((r, p))
+            }
+            (None, None) => Err(CliError::usage("give --repository or --image")),
+        }
+    }
+}
+
 /// Path segments of a repository name (sent as given; the gateway validates it).
 fn repo_path(r: &str) -> Result<String, CliError> {
     if r.is_empty() || !r.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'.' | b'_' | b'-')) {
@@ -498,28 +514,14 @@ async fn repository(cmd: RepositoryCommand, out: Output) -> Result<(), CliError>
             print(v.get("manifests").unwrap_or(&Value::Null), out, MANIFESTS);
         }
         RepositoryCommand::Show { registry, target } => {
-            let (repo, path) = match (&target.repository, &target.image) {
-                (Some(r), _) => (r.clone(), repo_path(r)?),
-                (None, Some(i)) => {
-                    let (r, kind, reference) = image(i)?;
-                    let p = format!("{}/{kind}/{reference}", repo_path(&r)?);
-                    (r, p)
-                }
-                (None, None) => return Err(CliError::usage("give --repository or --image")),
-            };
+            // a tag shows the tag, a digest the manifest
+            let (repo, path) = target.resolve(None)?;
             let c = registry_client(&registry, &repo, "metadata_read").await?;
             print(&c.call(Method::GET, &path, None).await?, out, &[]);
         }
         RepositoryCommand::Delete { registry, target } => {
-            let (repo, path) = match (&target.repository, &target.image) {
-                (Some(r), _) => (r.clone(), repo_path(r)?),
-                (None, Some(i)) => {
-                    let (r, _, reference) = image(i)?;
-                    let p = format!("{}/_manifests/{reference}", repo_path(&r)?);
-                    (r, p)
-                }
-                (None, None) => return Err(CliError::usage("give --repository or --image")),
-            };
+            // deleting an image deletes its manifest, whether named by tag or digest
+            let (repo, path) = target.resolve(Some("_manifests"))?;
             let c = registry_client(&registry, &repo, "delete").await?;
             print(&c.call(Method::DELETE, &path, None).await?, out, &[]);
         }
