@@ -50,6 +50,9 @@ pub struct RawConfig {
     pub upstream_tls: Option<RawUpstreamTls>,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// PostgreSQL for several replicas (`postgres://…`); the embedded SQLite store without it.
+    /// Prefer `SCOPEGATE_DATABASE_URL` or `--database-url` when it holds a password.
+    pub database_url: Option<String>,
     pub anonymous: RawAnonymous,
     /// External identity providers whose JWTs are accepted (`bearer:<jwt>`, `Bearer <jwt>`).
     pub issuers: Vec<RawIssuer>,
@@ -204,6 +207,7 @@ impl Default for RawConfig {
             tls: None,
             upstream_tls: None,
             shutdown_grace_secs: 30,
+            database_url: None,
             anonymous: RawAnonymous::default(),
             issuers: Vec::new(),
         }
@@ -248,6 +252,7 @@ pub struct Overrides {
     pub upstream: Option<String>,
     pub admin_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
 }
 
 /// An origin (`scheme://host[:port]`) with no path, query or credentials.
@@ -429,6 +434,7 @@ pub struct Config {
     /// CA bundle for an https:// upstream (the Mozilla roots without it).
     pub upstream_ca_file: Option<PathBuf>,
     pub shutdown_grace: Duration,
+    pub database_url: Option<String>,
 }
 
 impl RawConfig {
@@ -461,6 +467,9 @@ impl RawConfig {
         }
         if let Some(v) = &o.data_dir {
             self.data_dir = v.clone();
+        }
+        if let Some(v) = &o.database_url {
+            self.database_url = Some(v.clone());
         }
         self
     }
@@ -508,6 +517,11 @@ impl RawConfig {
         if self.audit.output.is_empty() {
             return Err(invalid("audit.output", "give stdout, stderr, off or a file path"));
         }
+        if let Some(u) = &self.database_url {
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                return Err(invalid("database_url", "must be a postgres:// URL"));
+            }
+        }
         if self.shutdown_grace_secs > 3600 {
             return Err(invalid("shutdown_grace_secs", "must be at most 3600"));
         }
@@ -549,6 +563,7 @@ impl RawConfig {
             tls: self.tls.map(|t| (t.cert_file, t.key_file)),
             upstream_ca_file: self.upstream_tls.map(|u| u.ca_file),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            database_url: self.database_url,
         })
     }
 }

@@ -138,11 +138,57 @@ fn key_set(store: &dyn Store, key_file: Option<&std::path::Path>) -> Result<KeyS
     Ok(KeySet::new(keys)?)
 }
 
-/// Starts the gateway on the given listeners with the embedded SQLite store.
+/// Starts the gateway on the given listeners with the configured store: PostgreSQL when a
+/// database URL is set, else the embedded SQLite file.
 pub async fn start(config: Config, public: TcpListener, admin: TcpListener, admin_token: AdminToken) -> Result<Running, StartError> {
     let dir = config.data_dir.clone();
-    let store: Arc<dyn Store> = Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&dir)).await.map_err(|e| StartError::Other(e.to_string()))??);
+    let url = config.database_url.clone();
+    let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match url {
+            Some(u) => Arc::new(crate::store::postgres::PostgresStore::open(&u)?),
+            None => Arc::new(SqliteStore::open(&dir)?),
+        })
+    })
+    .await
+    .map_err(|e| StartError::Other(e.to_string()))??;
     start_with_store(config, public, admin, admin_token, store).await
+}
+
+/// How often the shared epoch is read: a change made through another replica is applied
+/// here within this time.
+const EPOCH_POLL: Duration = Duration::from_millis(250);
+
+/// Reloads the policy when the store's epoch moves (a change made elsewhere). Failures keep
+/// the last snapshot and are logged once per outage.
+async fn watch_epoch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(EPOCH_POLL) => {}
+            () = stopped(&mut stop) => return,
+        }
+        let store = Arc::clone(&state.store);
+        let epoch = match tokio::task::spawn_blocking(move || store.epoch()).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                if !failing {
+                    warn!(error = %e, "cannot read the policy store; deciding from the last loaded policy");
+                }
+                failing = true;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if failing {
+            info!("the policy store answers again");
+            failing = false;
+        }
+        if epoch != state.policy().epoch {
+            if let Err(e) = state.reload().await {
+                warn!(error = %e, "cannot reload the policy; keeping the last loaded one");
+            }
+        }
+    }
 }
 
 /// Starts the gateway with a given store.
@@ -196,7 +242,7 @@ pub async fn start_with_store(
     });
 
     let (stop, stopped) = watch::channel(false);
-    let mut tasks = vec![recovery_task];
+    let mut tasks = vec![recovery_task, tokio::spawn(watch_epoch(Arc::clone(&state), stopped.clone()))];
     if let Some(cert) = &tls {
         tasks.push(tokio::spawn(watch_certificate(Arc::clone(cert), stopped.clone())));
     }

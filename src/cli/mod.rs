@@ -235,6 +235,9 @@ struct ServeArgs {
     /// Directory of the embedded database and keys.
     #[arg(long, env = "SCOPEGATE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// PostgreSQL shared by several replicas (postgres://user:password@host/db).
+    #[arg(long, env = "SCOPEGATE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -703,6 +706,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
         upstream: args.upstream,
         admin_listen: args.admin_listen,
         data_dir: args.data_dir,
+        database_url: args.database_url,
     };
     let config_path = args.config.clone();
     let config = Config::load(config_path.as_deref(), &overrides).map_err(|e| CliError::refused(e.to_string()))?;

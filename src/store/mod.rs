@@ -6,6 +6,7 @@
 //! are unique); it never decides access and never sees a secret value. Calls are blocking;
 //! async callers run them on the blocking pool.
 
+pub mod postgres;
 pub mod sqlite;
 
 use time::OffsetDateTime;
@@ -102,4 +103,37 @@ pub trait Store: Send + Sync + 'static {
 
     fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
+}
+
+// === codecs shared by the implementations (text and numbers in, records out) ===
+
+pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+pub(crate) fn ts(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+pub(crate) fn from_ts(s: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(s).map_err(backend)
+}
+
+pub(crate) fn actions_text(a: crate::access::ActionSet) -> String {
+    a.iter().map(crate::access::Action::as_str).collect::<Vec<_>>().join(" ")
+}
+
+pub(crate) fn actions_parse(s: &str) -> Result<crate::access::ActionSet, StoreError> {
+    s.split(' ')
+        .filter(|x| !x.is_empty())
+        .map(|x| crate::access::Action::parse(x).ok_or_else(|| backend(format!("bad action {x:?} in store"))))
+        .collect()
+}
+
+pub(crate) fn revision(r: i64) -> Result<u64, StoreError> {
+    u64::try_from(r).map_err(backend)
+}
+
+pub(crate) fn digest32(v: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    v.try_into().map_err(|_| backend("bad digest length in store"))
 }

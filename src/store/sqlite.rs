@@ -9,12 +9,12 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use time::OffsetDateTime;
 
-use super::{KeyRecord, PolicyRecords, Store, StoreError, UntagJournal};
-use crate::access::{Action, ActionSet};
+use super::{actions_parse, actions_text, backend, from_ts, ts, KeyRecord, PolicyRecords, Store, StoreError, UntagJournal};
+use crate::access::ActionSet;
 use crate::oci::{Digest, RepoName, Tag};
 use crate::policy::{ApiKey, Attributes, KeyName, MapName, Password, RepoPattern, ScopeMap, Slot, Status, Token, TokenName};
+use super::{digest32, revision as stored_revision};
 
 /// Migrations in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[r#"
@@ -92,18 +92,6 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-fn ts(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
-}
-
-fn from_ts(s: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(s).map_err(backend)
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) `<dir>/scopegate.db` and migrates it.
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
@@ -166,14 +154,6 @@ fn restrict_permissions(_: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn actions_text(a: ActionSet) -> String {
-    a.iter().map(Action::as_str).collect::<Vec<_>>().join(" ")
-}
-
-fn actions_parse(s: &str) -> Result<ActionSet, StoreError> {
-    s.split(' ').filter(|x| !x.is_empty()).map(|x| Action::parse(x).ok_or_else(|| backend(format!("bad action {x:?} in store")))).collect()
-}
-
 fn write_rules(tx: &Transaction<'_>, map: &ScopeMap) -> Result<(), StoreError> {
     tx.execute("DELETE FROM scope_map_rules WHERE map = ?1", [map.name.as_str()]).map_err(backend)?;
     for (p, a) in map.rules() {
@@ -229,7 +209,7 @@ impl Store for SqliteStore {
                 let (name, description, created, revision) = row.map_err(backend)?;
                 let r = rules.remove(&name).unwrap_or_default();
                 let mut m = ScopeMap::new(MapName::parse(&name).map_err(backend)?, description, from_ts(created)?, r);
-                m.revision = u64::try_from(revision).map_err(backend)?;
+                m.revision = stored_revision(revision)?;
                 maps.push(m);
             }
             let mut passwords: BTreeMap<String, Vec<(Slot, Password)>> = BTreeMap::new();
@@ -249,7 +229,7 @@ impl Store for SqliteStore {
             for row in rows {
                 let (token, slot, id, digest, created, expires) = row.map_err(backend)?;
                 let slot = Slot::parse(&slot).ok_or_else(|| backend("bad slot in store"))?;
-                let digest: [u8; 32] = digest.try_into().map_err(|_| backend("bad digest length in store"))?;
+                let digest: [u8; 32] = digest32(digest)?;
                 let expiry = expires.map(from_ts).transpose()?;
                 passwords.entry(token).or_default().push((slot, Password { id, digest, created: from_ts(created)?, expiry }));
             }
@@ -271,7 +251,7 @@ impl Store for SqliteStore {
                 for (slot, p) in passwords.remove(&name).unwrap_or_default() {
                     t.set_password(slot, Some(p));
                 }
-                t.revision = u64::try_from(revision).map_err(backend)?;
+                t.revision = stored_revision(revision)?;
                 tokens.push(t);
             }
             let mut attributes = Vec::new();
@@ -316,12 +296,12 @@ impl Store for SqliteStore {
                 api_keys.push(ApiKey {
                     name: KeyName::parse(&name).map_err(backend)?,
                     id,
-                    digest: digest.try_into().map_err(|_| backend("bad digest length in store"))?,
+                    digest: digest32(digest)?,
                     scope_map: MapName::parse(&map).map_err(backend)?,
                     status: Status::parse(&status).map_err(backend)?,
                     created: from_ts(created)?,
                     expiry: expires.map(from_ts).transpose()?,
-                    revision: u64::try_from(revision).map_err(backend)?,
+                    revision: stored_revision(revision)?,
                 });
             }
             Ok(PolicyRecords { epoch, maps, tokens, api_keys, attributes, anonymous })
@@ -581,7 +561,9 @@ fn read_epoch(c: &Connection) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::Action;
     use crate::oci::RepoName;
+    use time::OffsetDateTime;
 
     fn map(name: &str) -> ScopeMap {
         let mut m = ScopeMap::new(MapName::parse(name).unwrap(), "d".into(), OffsetDateTime::UNIX_EPOCH, BTreeMap::new());

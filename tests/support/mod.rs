@@ -191,6 +191,7 @@ impl Harness {
             upstream: Some(format!("http://{}", upstream.addr)),
             data_dir: Some(data.path().to_owned()),
             public_url: None,
+            database_url: None,
         };
         let mut raw = RawConfig::default();
         // tests that look at the audit log point it at a file
