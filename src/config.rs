@@ -53,6 +53,9 @@ pub struct RawConfig {
     /// PostgreSQL for several replicas (`postgres://…`); the embedded SQLite store without it.
     /// Prefer `SCOPEGATE_DATABASE_URL` or `--database-url` when it holds a password.
     pub database_url: Option<String>,
+    /// While the store cannot be read, requests are decided from the last loaded policy for
+    /// at most this long; after it, they are refused (503) until the store answers again.
+    pub max_staleness_secs: u64,
     pub anonymous: RawAnonymous,
     /// External identity providers whose JWTs are accepted (`bearer:<jwt>`, `Bearer <jwt>`).
     pub issuers: Vec<RawIssuer>,
@@ -208,6 +211,7 @@ impl Default for RawConfig {
             upstream_tls: None,
             shutdown_grace_secs: 30,
             database_url: None,
+            max_staleness_secs: 300,
             anonymous: RawAnonymous::default(),
             issuers: Vec::new(),
         }
@@ -435,6 +439,7 @@ pub struct Config {
     pub upstream_ca_file: Option<PathBuf>,
     pub shutdown_grace: Duration,
     pub database_url: Option<String>,
+    pub max_staleness: Duration,
 }
 
 impl RawConfig {
@@ -564,6 +569,7 @@ impl RawConfig {
             upstream_ca_file: self.upstream_tls.map(|u| u.ca_file),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             database_url: self.database_url,
+            max_staleness: Duration::from_secs(self.max_staleness_secs.max(1)),
         })
     }
 }

@@ -176,6 +176,12 @@ where
     if let Requirement::Repository { action, .. } = need {
         t.action = Some(action.as_str());
     }
+    if let Some(age) = state.too_stale() {
+        t.outcome = Outcome::Failed;
+        return Err(Rejection::upstream_unavailable(format!(
+            "the policy store has not answered for {age} s (more than max_staleness_secs); refusing to decide on a policy this old"
+        )));
+    }
     t.outcome = Outcome::Unauthenticated;
     let credential = Credential::extract(req.headers()).map_err(|f| Rejection::auth_failed(f, need.hints()))?;
     t.credential = credential.kind();

@@ -179,6 +179,7 @@ async fn watch_epoch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             }
             Err(_) => continue,
         };
+        state.synced();
         if failing {
             info!("the policy store answers again");
             failing = false;

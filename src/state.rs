@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use time::OffsetDateTime;
 
 use crate::audit::Auditor;
 use crate::auth::external::ExternalIssuers;
@@ -65,6 +66,9 @@ pub struct State {
     pub untag_lock: tokio::sync::Mutex<()>,
     /// Set when shutdown begins: `/readyz` then says no, so traffic moves elsewhere.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Unix time (gateway clock) the store last answered; decisions stop when the policy is
+    /// older than `max_staleness`.
+    pub last_sync: std::sync::atomic::AtomicI64,
     policy: Arc<ArcSwap<Policy>>,
     admin_digest: [u8; 32],
     write_lock: tokio::sync::Mutex<()>,
@@ -94,6 +98,7 @@ impl State {
             keys,
             untag_lock: tokio::sync::Mutex::new(()),
             draining: std::sync::atomic::AtomicBool::new(false),
+            last_sync: std::sync::atomic::AtomicI64::new(OffsetDateTime::now_utc().unix_timestamp()),
             policy,
             admin_digest,
             write_lock: tokio::sync::Mutex::new(()),
@@ -150,8 +155,22 @@ impl State {
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?;
+        // a failed write changed nothing: say why it failed, not whether a reload works
+        let value = out?;
         self.reload().await?;
-        out
+        Ok(value)
+    }
+
+    /// Records that the store answered now.
+    pub fn synced(&self) {
+        self.last_sync.store(self.clock.now().unix_timestamp(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How old the policy may be: `None` while within the configured bound.
+    pub fn too_stale(&self) -> Option<i64> {
+        let age = self.clock.now().unix_timestamp() - self.last_sync.load(std::sync::atomic::Ordering::Relaxed);
+        let bound = i64::try_from(self.runtime().config.max_staleness.as_secs()).unwrap_or(i64::MAX);
+        (age > bound).then_some(age)
     }
 
     /// Is this the admin token?

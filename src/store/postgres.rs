@@ -96,9 +96,13 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-/// A database error: the connection's fault (unavailable) or the statement's.
+/// A database error: the connection's fault (unavailable) or the statement's. SQLSTATE
+/// classes 08 (connection exception) and 57 (operator intervention, e.g. a shutdown) are
+/// the database going away.
 fn pg(e: postgres::Error) -> StoreError {
-    if e.is_closed() || e.as_db_error().is_none() {
+    let class = e.code().map(|c| c.code().get(..2).unwrap_or_default().to_owned());
+    let gone = e.is_closed() || e.as_db_error().is_none() || matches!(class.as_deref(), Some("08" | "57"));
+    if gone {
         StoreError::Unavailable(e.to_string())
     } else {
         backend(e)
