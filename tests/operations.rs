@@ -1,14 +1,15 @@
 //! End-to-end tests of operating scopegate: metrics read back through a real Prometheus
 //! server and linted by `promtool`, TLS on the public listener with certificates made at
 //! test time (and replaced on disk while serving), graceful shutdown in the middle of a
-//! 200 MiB push, and configuration reloads (valid ones under load with zero failed
-//! requests; invalid ones refused while the old configuration keeps serving).
+//! 200 MiB push, configuration reloads (valid ones under load with zero failed requests;
+//! invalid ones refused while the old configuration keeps serving), and an HTTPS upstream
+//! verified against the configured CA (and refused, promptly and visibly, under another).
 //!
 //! The real `scopegate` binary, started with `serve --config FILE`, in front of Debian's
 //! `docker-registry` (distribution 2.8), driven by skopeo, curl and hand-written HTTP. The
 //! harness (independent servers per test, isolation, `timeout` on every command, loud
-//! failure when a tool is missing) is `tests/e2e/harness.rs`, shared with `tests/e2e.rs`
-//! and `tests/lifecycle.rs`. Nothing here waits a fixed time for something to happen: every
+//! failure when a tool is missing) is `tests/e2e/harness.rs`, shared with `tests/e2e.rs`,
+//! `tests/lifecycle.rs` and `tests/federated_e2e.rs`. Nothing here waits a fixed time for something to happen: every
 //! wait polls a condition against a deadline.
 //!
 //! Prerequisites, besides the harness's (`docker-registry`, `skopeo`, `podman`, `jq`, root
@@ -98,6 +99,7 @@ fn now_unix() -> f64 {
 #[derive(Clone)]
 struct ConfigFile {
     path: PathBuf,
+    /// The registry's origin, `http://` or `https://127.0.0.1:PORT`.
     upstream: String,
     data_dir: PathBuf,
 }
@@ -105,7 +107,7 @@ struct ConfigFile {
 impl ConfigFile {
     fn render(&self, extra: &str) -> String {
         format!(
-            "# written by tests/operations.rs\nlisten: 127.0.0.1:0\nupstream: http://{}\ndata_dir: {}\nadmin:\n  listen: 127.0.0.1:0\n{extra}",
+            "# written by tests/operations.rs\nlisten: 127.0.0.1:0\nupstream: {}\ndata_dir: {}\nadmin:\n  listen: 127.0.0.1:0\n{extra}",
             self.upstream,
             self.data_dir.display()
         )
@@ -127,11 +129,18 @@ impl ConfigFile {
 /// Starts registry + gateway, the gateway as `scopegate serve --config <file>` with `extra`
 /// appended to the fixed part of the file. `scheme` is what the ready line must announce.
 fn start_from_config(test: &str, scheme: &str, extra: impl FnOnce(&Path) -> String) -> (Env, ConfigFile) {
+    start_from_config_with(test, scheme, None, extra)
+}
+
+/// [`start_from_config`] in front of a registry serving HTTPS with `registry_tls` when
+/// given (the file then names an `https://` upstream; trust is for `extra` to configure).
+fn start_from_config_with(test: &str, scheme: &str, registry_tls: Option<RegistryTls>, extra: impl FnOnce(&Path) -> String) -> (Env, ConfigFile) {
     let mut file = None;
-    let env = Env::start_with(test, |root, upstream| {
+    let upstream_scheme = if registry_tls.is_some() { "https" } else { "http" };
+    let env = Env::start_with_registry(test, registry_tls, |root, upstream| {
         let dir = root.join("gateway");
         std::fs::create_dir_all(&dir).expect("gateway dir");
-        let cfg = ConfigFile { path: dir.join("scopegate.yaml"), upstream: upstream.to_owned(), data_dir: dir.join("data") };
+        let cfg = ConfigFile { path: dir.join("scopegate.yaml"), upstream: format!("{upstream_scheme}://{upstream}"), data_dir: dir.join("data") };
         cfg.write(&extra(root));
         let g = spawn_gateway(&dir, &["serve".into(), "--config".into(), cfg.path.clone().into_os_string()]);
         let prefix = format!("{scheme}://");
@@ -983,4 +992,156 @@ fn an_invalid_config_is_refused_and_the_old_one_keeps_serving() {
     });
     assert_eq!(reloads(&env, "applied"), 1.0);
     assert!(env.gateway_proc().exited().is_none(), "the gateway kept running throughout");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. An HTTPS upstream
+// ---------------------------------------------------------------------------------------
+
+/// `scopegate <args>` against the admin listener `admin_url` (a gateway other than the
+/// [`Env`]'s own), which must succeed; its JSON output.
+fn cli_at(admin_url: &str, args: &[&str]) -> Value {
+    let mut cmd = Command::new("timeout");
+    let r = run(scrubbed(&mut cmd).arg(CLI_SECS).arg(BIN).args(["--server", admin_url, "-o", "json"]).args(args).env("SCOPEGATE_ADMIN_TOKEN", ADMIN_TOKEN));
+    assert!(r.ok(), "scopegate {args:?} at {admin_url} failed: {}", r.all());
+    stdout_json(&r)
+}
+
+/// The manifest digest the OCI layout `dir` holds for `tag`.
+fn layout_digest(dir: &Path, tag: &str) -> String {
+    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index.json")).expect("index JSON");
+    index["manifests"]
+        .as_array()
+        .and_then(|m| m.iter().find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == tag))
+        .and_then(|d| d["digest"].as_str())
+        .unwrap_or_else(|| panic!("no {tag} in {index}"))
+        .to_owned()
+}
+
+/// `/readyz` of the admin listener `admin_url`: (status, JSON answer).
+fn readyz(admin_url: &str) -> (u16, Value) {
+    let r = http(host_port(admin_url), "GET", "/readyz", &[]).unwrap_or_else(|e| panic!("GET /readyz: {e}"));
+    (r.status, r.json())
+}
+
+/// The registry serves HTTPS only, with a certificate for 127.0.0.1 from a CA made at test
+/// time; the gateway names it `upstream: https://127.0.0.1:PORT` with `upstream_tls.ca_file`
+/// holding that CA. skopeo pushes and pulls through the gateway (plain HTTP on the gateway's
+/// side), the registry holds the image, and `/readyz` is ready. A second gateway in front of
+/// the same registry whose `ca_file` holds a different CA must not talk to it: the token
+/// server still answers (it needs no upstream), but every request that would reach the
+/// registry fails at once with a Docker JSON error, 502 or 503 (not a hang, not a 200), a
+/// skopeo push through it fails without reaching the registry, and `/readyz` answers 503
+/// saying the upstream is unreachable.
+#[test]
+fn an_https_upstream_is_verified_against_the_configured_ca() {
+    let pki = make_pki("scopegate e2e upstream CA");
+    let registry_tls = RegistryTls { cert_pem: pki.cert_pem.clone(), key_pem: pki.key_pem.clone(), ca_pem: pki.ca_pem.clone() };
+    let (env, cfg) = start_from_config_with("upstream-tls", "http", Some(registry_tls), |root| {
+        let ca = root.join("upstream-ca.pem");
+        std::fs::write(&ca, &pki.ca_pem).expect("upstream CA file");
+        format!("upstream_tls:\n  ca_file: {}\n", ca.display())
+    });
+    let upstream_url = format!("https://{}", env.upstream);
+    let config = std::fs::read_to_string(&cfg.path).expect("config file");
+    assert!(config.contains(&format!("upstream: {upstream_url}\n")), "{config}");
+    // The registry really speaks only TLS: plain HTTP gets no registry answer from it.
+    let plain = http(&env.upstream, "GET", "/v2/", &[]);
+    assert!(!matches!(&plain, Ok(r) if r.status == 200), "the registry must not answer plain HTTP: {plain:?}");
+
+    let (status, ready) = readyz(&env.admin_url);
+    assert_eq!((status, &ready["ready"], &ready["upstream"]), (200, &Value::Bool(true), &Value::from("reachable")), "{ready}");
+
+    let t = env.create_token(&["--name", "tlsup", "--repository", "samples/app", "content/read", "content/write", "metadata/read"]);
+    let digest = env.make_images("images", &["v1"]).remove(0);
+    let r = env.skopeo_push(&t, &env.oci("images", "v1"), "samples/app:v1");
+    assert!(r.ok(), "push through the gateway to the https upstream: {}", r.all());
+    assert_eq!(env.upstream_digest("samples/app", "v1").as_deref(), Some(digest.as_str()), "the registry (read over https) holds the image");
+    let r = env.skopeo_pull(&t, "samples/app:v1", &format!("oci:{}:v1", env.path("pulled").display()));
+    assert!(r.ok(), "pull through the gateway from the https upstream: {}", r.all());
+    assert_eq!(layout_digest(&env.path("pulled"), "v1"), digest);
+    let r = env.gateway("GET", "/v2/samples/app/tags/list", &[("Authorization", &basic(&t.name, &t.password1))]);
+    assert_eq!((r.status, &r.json()["tags"]), (200, &serde_json::json!(["v1"])), "{}", r.text());
+
+    let registry_log = || std::fs::read_to_string(env.path("registry/registry.log")).unwrap_or_default();
+    assert!(!registry_log().contains("TLS handshake error"), "the gateway trusting the right CA had a handshake fail:\n{}", registry_log());
+
+    // A second gateway, same registry, trusting another CA.
+    let other = make_pki("scopegate e2e some other CA");
+    let dir = env.path("gateway-wrong-ca");
+    std::fs::create_dir_all(&dir).expect("gateway dir");
+    let wrong_ca = dir.join("wrong-ca.pem");
+    std::fs::write(&wrong_ca, &other.ca_pem).expect("wrong CA file");
+    let wrong_cfg = ConfigFile { path: dir.join("scopegate.yaml"), upstream: upstream_url.clone(), data_dir: dir.join("data") };
+    wrong_cfg.write(&format!("upstream_tls:\n  ca_file: {}\n", wrong_ca.display()));
+    let g = spawn_gateway(&dir, &["serve".into(), "--config".into(), wrong_cfg.path.clone().into_os_string()]);
+    let mut wrong = g.proc;
+    let wrong_public = g.public.strip_prefix("http://").unwrap_or_else(|| panic!("{:?}", g.ready_line)).to_owned();
+    let wrong_admin = g.admin_url;
+    wait_until(
+        "the gateway trusting another CA",
+        Duration::from_secs(10),
+        || wrong.exited().map_or(Ok(()), |s| Err(format!("exited with {s}"))),
+        || TcpStream::connect(&wrong_public).is_ok(),
+    );
+    let v = cli_at(&wrong_admin, &["token", "create", "--name", "tlsup", "--repository", "samples/app", "content/read", "content/write", "metadata/read"]);
+    let password = password_value(&v["credentials"], "password1");
+    let auth = basic("tlsup", &password);
+    // The token server needs no upstream.
+    let q = format!("/token?service=scopegate&scope={}", enc("repository:samples/app:pull,push"));
+    let r = http(&wrong_public, "GET", &q, &[("Authorization", &auth)]).expect("token server answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let bearer = format!("Bearer {}", r.json()["token"].as_str().expect("a token"));
+
+    // Requests that go to the registry: a Docker JSON 502/503 each, promptly.
+    let requests: [(&str, &str, &str); 4] = [
+        ("GET", "/v2/samples/app/manifests/v1", auth.as_str()),
+        ("GET", "/v2/samples/app/manifests/v1", bearer.as_str()),
+        ("GET", "/v2/samples/app/tags/list", auth.as_str()),
+        ("POST", "/v2/samples/app/blobs/uploads/", bearer.as_str()),
+    ];
+    for (method, path, credential) in requests {
+        let started = Instant::now();
+        let r = http(&wrong_public, method, path, &[("Authorization", credential), ("Accept", OCI_MANIFEST), ("Content-Length", "0")])
+            .unwrap_or_else(|e| panic!("{method} {path} through the gateway trusting another CA: {e}"));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "{method} {path}: answered after {took:?}");
+        assert!(matches!(r.status, 502 | 503), "{method} {path} must fail as a bad/unavailable upstream, got {} {}", r.status, r.text());
+        assert!(r.header("Content-Type").is_some_and(|c| c.starts_with("application/json")), "{method} {path}: {:?}", r.headers);
+        let v = r.json();
+        let first = &v["errors"][0];
+        assert!(first["code"].is_string() && first["message"].is_string(), "{method} {path}: not a Docker error body: {v}");
+        assert!(r.header("Docker-Content-Digest").is_none(), "{method} {path}: {:?}", r.headers);
+    }
+
+    // A real client fails too (and promptly), and nothing reaches the registry.
+    let started = Instant::now();
+    let to = format!("docker://{wrong_public}/samples/app:through-wrong-ca");
+    let r = env.tool(&["skopeo", "copy", "-q", "--dest-tls-verify=false", "--dest-creds", &format!("tlsup:{password}"), &env.oci("images", "v1"), &to]);
+    let took = started.elapsed();
+    assert!(!r.ok(), "a push through the gateway trusting another CA must fail: {}", r.all());
+    let said = r.all().to_lowercase();
+    assert!(said.contains("503") || said.contains("502") || said.contains("unavailable"), "skopeo should report the upstream failure: {}", r.all());
+    assert!(took < Duration::from_secs(60), "skopeo took {took:?} to fail");
+    assert_eq!(env.upstream_tags("samples/app"), ["v1"], "nothing new reached the registry");
+
+    let (status, ready) = readyz(&wrong_admin);
+    assert_eq!((status, &ready["ready"]), (503, &Value::Bool(false)), "{ready}");
+    let upstream_state = ready["upstream"].as_str().unwrap_or_default();
+    assert!(upstream_state.contains("unreachable"), "/readyz should report the upstream unreachable: {ready}");
+    assert_eq!((&ready["store"], &ready["keys"]), (&Value::Bool(true), &Value::Bool(true)), "only the upstream is wrong: {ready}");
+    // It failed for the right reason: it reached the registry and refused its certificate
+    // (Go's TLS server logs the alert the gateway sent).
+    assert!(
+        registry_log().contains("remote error: tls: unknown certificate authority"),
+        "the registry should have seen the gateway refuse its certificate:\n{}",
+        registry_log()
+    );
+    assert!(wrong.exited().is_none(), "the gateway trusting another CA keeps running");
+
+    // The first gateway, trusting the right CA, was never affected.
+    let (status, ready) = readyz(&env.admin_url);
+    assert_eq!((status, &ready["ready"]), (200, &Value::Bool(true)), "{ready}");
+    let r = env.gateway("GET", "/v2/samples/app/manifests/v1", &[("Authorization", &basic(&t.name, &t.password1)), ("Accept", OCI_MANIFEST)]);
+    assert_eq!((r.status, r.header("Docker-Content-Digest")), (200, Some(digest.as_str())), "{:?}", r.headers);
 }

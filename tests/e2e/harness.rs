@@ -1,12 +1,14 @@
-//! The end-to-end harness shared by `tests/e2e.rs` and `tests/lifecycle.rs` (each includes
-//! it with `#[path = "e2e/harness.rs"] mod harness;`): the real `scopegate` binary in front
+//! The end-to-end harness shared by `tests/e2e.rs`, `tests/lifecycle.rs`,
+//! `tests/operations.rs` and `tests/federated_e2e.rs` (each includes it with
+//! `#[path = "e2e/harness.rs"] mod harness;`): the real `scopegate` binary in front
 //! of Debian's `docker-registry` (distribution 2.8), driven by the real clients — skopeo,
 //! podman, the `scopegate` CLI — and by hand-written HTTP where the protocol itself is the
 //! subject.
 //!
-//! Every test is independent: its own registry on a free port, its own gateway (port 0,
-//! read from the ready line), its own temporary directory holding the registry storage, the
-//! gateway's data dir, the images and an isolated containers environment (see
+//! Every test is independent: its own registry on a free port (plain HTTP, or HTTPS with a
+//! certificate of the test's making: [`Env::start_with_registry`]), its own gateway (port
+//! 0, read from the ready line), its own temporary directory holding the registry storage,
+//! the gateway's data dir, the images and an isolated containers environment (see
 //! `tests/e2e/isolate.sh`). Both servers are killed when the test ends, pass or fail
 //! (`Proc`'s `Drop`); every external command runs under `timeout`.
 //!
@@ -241,8 +243,40 @@ impl Resp {
 /// One request on its own connection (`Connection: close`, so the body ends at EOF unless
 /// chunked). `addr` is `host:port`.
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    http_on(s, addr, method, path, headers)
+}
+
+/// [`http`] over TLS, trusting only the CA certificates of `ca_pem` (verification on, the
+/// server name being `addr`'s host).
+pub fn https(addr: &str, ca_pem: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
+    let config = tls_client_config(ca_pem)?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']').to_owned();
+    let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| format!("server name of {addr}: {e}"))?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(|e| format!("TLS client: {e}"))?;
+    let tcp = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    http_on(rustls::StreamOwned::new(conn, tcp), addr, method, path, headers)
+}
+
+/// A rustls client configuration trusting only the certificates of `ca_pem`.
+pub fn tls_client_config(ca_pem: &str) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.map_err(|e| format!("CA PEM: {e}"))?).map_err(|e| format!("CA certificate: {e}"))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// One request on the connection `s` (plain or TLS) to `addr`, as [`http`] sends it.
+pub fn http_on(mut s: impl Read + Write, addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nUser-Agent: scopegate-e2e\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -250,7 +284,12 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> R
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    match s.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify: what arrived is the whole answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(format!("read: {e}")),
+    }
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("no header end in {raw:?}"))?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut body = raw[split + 4..].to_vec();
@@ -301,7 +340,19 @@ pub struct Env {
     pub admin_url: String,
     /// `127.0.0.1:PORT` of the registry itself (to check what did or did not reach it).
     pub upstream: String,
+    /// The CA (PEM) of the registry's certificate when it serves HTTPS
+    /// ([`Env::start_with_registry`]); `None`: plain HTTP.
+    pub upstream_ca: Option<String>,
     pub dir: tempfile::TempDir,
+}
+
+/// The certificate (chain) and key the registry serves HTTPS with, and the CA that signed
+/// them (PEM, all three).
+#[derive(Clone)]
+pub struct RegistryTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
 }
 
 pub struct Token {
@@ -326,6 +377,12 @@ impl Env {
     /// directory and the registry's `127.0.0.1:PORT`, and returns the running gateway with
     /// its public `host:port` and admin URL (e.g. from [`spawn_gateway`]).
     pub fn start_with(test: &str, launch: impl FnOnce(&Path, &str) -> (Proc, String, String)) -> Env {
+        Env::start_with_registry(test, None, launch)
+    }
+
+    /// [`Env::start_with`] with a registry serving HTTPS with `tls` when given (`launch`
+    /// still gets the registry's `127.0.0.1:PORT`; the scheme is the caller's to add).
+    pub fn start_with_registry(test: &str, tls: Option<RegistryTls>, launch: impl FnOnce(&Path, &str) -> (Proc, String, String)) -> Env {
         require_prerequisites();
         let mut dir = tempfile::Builder::new().prefix(&format!("scopegate-e2e-{test}-")).tempdir().expect("temp dir");
         if std::env::var_os("E2E_KEEP").is_some() {
@@ -333,9 +390,10 @@ impl Env {
             eprintln!("E2E_KEEP: keeping {}", dir.path().display());
         }
         let root = dir.path().to_owned();
-        let (registry, upstream) = start_registry(&root.join("registry"));
+        let (registry, upstream) = start_registry_with(&root.join("registry"), tls.as_ref());
         let (gateway, public, admin_url) = launch(&root, &upstream);
-        let env = Env { _gateway: gateway, _registry: registry, public, admin_url, upstream, dir };
+        let upstream_ca = tls.map(|t| t.ca_pem);
+        let env = Env { _gateway: gateway, _registry: registry, public, admin_url, upstream, upstream_ca, dir };
         // The isolation needs a private mount namespace: fail clearly if we cannot have one.
         let probe = env.tool(&["true"]);
         assert!(
@@ -475,7 +533,7 @@ impl Env {
     /// The tags the registry itself holds for `repo` (bypassing the gateway): what reached
     /// it. Sorted (distribution 2.8 lists them in no particular order).
     pub fn upstream_tags(&self, repo: &str) -> Vec<String> {
-        let r = http(&self.upstream, "GET", &format!("/v2/{repo}/tags/list"), &[]).expect("registry answers");
+        let r = self.at_upstream("GET", &format!("/v2/{repo}/tags/list"), &[]).expect("registry answers");
         let mut tags: Vec<String> = match r.status {
             404 => vec![],
             200 => r.json()["tags"].as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect()).unwrap_or_default(),
@@ -483,6 +541,15 @@ impl Env {
         };
         tags.sort();
         tags
+    }
+
+    /// One request straight to the registry (bypassing the gateway), over HTTPS trusting
+    /// its CA when it serves HTTPS.
+    pub fn at_upstream(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
+        match &self.upstream_ca {
+            Some(ca) => https(&self.upstream, ca, method, path, headers),
+            None => http(&self.upstream, method, path, headers),
+        }
     }
 
     pub fn gateway(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
@@ -500,7 +567,7 @@ impl Env {
     /// The digest of `repo`'s manifest `reference` (a tag or a digest) as the registry itself
     /// (bypassing the gateway) has it; `None` when it has no such manifest.
     pub fn upstream_digest(&self, repo: &str, reference: &str) -> Option<String> {
-        let r = http(&self.upstream, "HEAD", &format!("/v2/{repo}/manifests/{reference}"), &[("Accept", OCI_MANIFEST)]).expect("registry answers");
+        let r = self.at_upstream("HEAD", &format!("/v2/{repo}/manifests/{reference}"), &[("Accept", OCI_MANIFEST)]).expect("registry answers");
         match r.status {
             200 => Some(r.header("Docker-Content-Digest").unwrap_or_else(|| panic!("no digest for {repo}:{reference}: {:?}", r.headers)).to_owned()),
             404 => None,
@@ -581,7 +648,25 @@ pub fn password_value(v: &Value, slot: &str) -> String {
 }
 
 pub fn start_registry(dir: &Path) -> (Proc, String) {
+    start_registry_with(dir, None)
+}
+
+/// [`start_registry`], serving HTTPS with `tls` when given (its files written to `dir`).
+pub fn start_registry_with(dir: &Path, tls: Option<&RegistryTls>) -> (Proc, String) {
     std::fs::create_dir_all(dir.join("data")).expect("registry dir");
+    let tls_section = match tls {
+        Some(t) => {
+            let (cert, key) = (dir.join("registry.crt"), dir.join("registry.key"));
+            std::fs::write(&cert, &t.cert_pem).expect("registry certificate");
+            std::fs::write(&key, &t.key_pem).expect("registry key");
+            format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())
+        }
+        None => String::new(),
+    };
+    let probe = |addr: &str| match tls {
+        Some(t) => https(addr, &t.ca_pem, "GET", "/v2/", &[]),
+        None => http(addr, "GET", "/v2/", &[]),
+    };
     // Every response of this registry carries this header, so readiness cannot be confused
     // with another registry that took the port first.
     let instance = dir.display().to_string();
@@ -598,7 +683,7 @@ pub fn start_registry(dir: &Path) -> (Proc, String) {
                  log:\n  level: error\n  accesslog:\n    disabled: true\n  formatter: text\n\
                  storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  \
                  cache:\n    blobdescriptor: inmemory\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  headers:\n    X-E2e-Instance: [\"{instance}\"]\n\
+                 http:\n  addr: 127.0.0.1:{port}\n{tls_section}  headers:\n    X-E2e-Instance: [\"{instance}\"]\n\
                  health:\n  storagedriver:\n    enabled: false\n",
                 data = dir.join("data").display()
             ),
@@ -618,7 +703,7 @@ pub fn start_registry(dir: &Path) -> (Proc, String) {
         let addr = format!("127.0.0.1:{port}");
         let end = Instant::now() + Duration::from_secs(20);
         loop {
-            match http(&addr, "GET", "/v2/", &[]) {
+            match probe(&addr) {
                 Ok(r) if r.status == 200 && r.header("X-E2e-Instance") == Some(instance.as_str()) => return (proc, addr),
                 Ok(r) if r.header("X-E2e-Instance") != Some(instance.as_str()) => {
                     eprintln!("port {port} is answered by another server ({} {:?}); trying another", r.status, r.headers);
