@@ -169,22 +169,27 @@ impl Upstream {
     }
 }
 
-/// Why the registry could not be used, as the client should hear it.
+/// Why the registry could not be used, as the client should hear it. The innermost cause
+/// (refused, timed out, a certificate the CA bundle does not vouch for) is named, so an
+/// operator can tell "wrong CA" from "registry down".
 fn transport_failure(e: &hyper_util::client::legacy::Error) -> Rejection {
+    let mut timed_out = false;
+    let mut root = String::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(c) = cause {
+        timed_out |= c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        root = c.to_string();
+        cause = c.source();
+    }
+    let why = if root.is_empty() { String::new() } else { format!(" ({root})") };
     if e.is_connect() {
-        let mut timed_out = false;
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = e.source();
-        while let Some(c) = cause {
-            timed_out |= c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-            cause = c.source();
-        }
         return if timed_out {
-            Rejection::gateway_timeout("the registry did not accept a connection in time")
+            Rejection::gateway_timeout(format!("the registry did not accept a connection in time{why}"))
         } else {
-            Rejection::upstream_unavailable("the registry is unreachable")
+            Rejection::upstream_unavailable(format!("the registry is unreachable{why}"))
         };
     }
-    Rejection::bad_gateway("the registry connection failed")
+    Rejection::bad_gateway(format!("the registry connection failed{why}"))
 }
 
 /// `Docker-Distribution-API-Version: registry/2.0`, on every `/v2` response.
