@@ -179,7 +179,7 @@ where
     if let Some(age) = state.too_stale() {
         t.outcome = Outcome::Failed;
         return Err(Rejection::upstream_unavailable(format!(
-            "the policy store has not answered for {age} s (more than max_staleness_secs); refusing to decide on a policy this old"
+            "the policy store has been failing for {age} s (more than max_staleness_secs); refusing to decide on a policy this old"
         )));
     }
     t.outcome = Outcome::Unauthenticated;

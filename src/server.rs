@@ -171,6 +171,7 @@ async fn watch_epoch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
         let epoch = match tokio::task::spawn_blocking(move || store.epoch()).await {
             Ok(Ok(e)) => e,
             Ok(Err(e)) => {
+                state.store_failed();
                 if !failing {
                     warn!(error = %e, "cannot read the policy store; deciding from the last loaded policy");
                 }
@@ -179,7 +180,7 @@ async fn watch_epoch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             }
             Err(_) => continue,
         };
-        state.synced();
+        state.store_answered();
         if failing {
             info!("the policy store answers again");
             failing = false;

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use time::OffsetDateTime;
 
 use crate::audit::Auditor;
 use crate::auth::external::ExternalIssuers;
@@ -66,9 +65,9 @@ pub struct State {
     pub untag_lock: tokio::sync::Mutex<()>,
     /// Set when shutdown begins: `/readyz` then says no, so traffic moves elsewhere.
     pub draining: std::sync::atomic::AtomicBool,
-    /// Unix time (gateway clock) the store last answered; decisions stop when the policy is
-    /// older than `max_staleness`.
-    pub last_sync: std::sync::atomic::AtomicI64,
+    /// Unix time (gateway clock) the store started failing, 0 while it answers; decisions
+    /// stop once it has failed for longer than `max_staleness`.
+    failing_since: std::sync::atomic::AtomicI64,
     policy: Arc<ArcSwap<Policy>>,
     admin_digest: [u8; 32],
     write_lock: tokio::sync::Mutex<()>,
@@ -98,7 +97,7 @@ impl State {
             keys,
             untag_lock: tokio::sync::Mutex::new(()),
             draining: std::sync::atomic::AtomicBool::new(false),
-            last_sync: std::sync::atomic::AtomicI64::new(OffsetDateTime::now_utc().unix_timestamp()),
+            failing_since: std::sync::atomic::AtomicI64::new(0),
             policy,
             admin_digest,
             write_lock: tokio::sync::Mutex::new(()),
@@ -156,19 +155,32 @@ impl State {
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?;
         // a failed write changed nothing: say why it failed, not whether a reload works
+        if matches!(out, Err(StoreError::Unavailable(_))) {
+            self.store_failed();
+        }
         let value = out?;
         self.reload().await?;
         Ok(value)
     }
 
-    /// Records that the store answered now.
-    pub fn synced(&self) {
-        self.last_sync.store(self.clock.now().unix_timestamp(), std::sync::atomic::Ordering::Relaxed);
+    /// Records that the store answered.
+    pub fn store_answered(&self) {
+        self.failing_since.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// How old the policy may be: `None` while within the configured bound.
+    /// Records that the store could not be reached (the first failure of an outage counts).
+    pub fn store_failed(&self) {
+        let now = self.clock.now().unix_timestamp().max(1);
+        let _ = self.failing_since.compare_exchange(0, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// For how long the store has been failing, once that is longer than `max_staleness`.
     pub fn too_stale(&self) -> Option<i64> {
-        let age = self.clock.now().unix_timestamp() - self.last_sync.load(std::sync::atomic::Ordering::Relaxed);
+        let since = self.failing_since.load(std::sync::atomic::Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let age = self.clock.now().unix_timestamp() - since;
         let bound = i64::try_from(self.runtime().config.max_staleness.as_secs()).unwrap_or(i64::MAX);
         (age > bound).then_some(age)
     }
