@@ -5,6 +5,8 @@
 //!
 //! The store is filled directly in one transaction (this measures loading, not inserting).
 
+#![allow(clippy::expect_used, clippy::indexing_slicing, clippy::cast_possible_truncation)]
+
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -110,6 +110,11 @@ impl Auditor {
         Ok(Auditor { tx: Some(tx), writer: Some(writer), dropped })
     }
 
+    /// Whether lines are written at all (callers skip building events when not).
+    pub fn is_on(&self) -> bool {
+        self.tx.is_some()
+    }
+
     pub fn record(&self, e: &Event<'_>) {
         let Some(tx) = &self.tx else { return };
         let Ok(mut line) = serde_json::to_string(e) else { return };

@@ -118,6 +118,9 @@ fn record(state: &State, rt: &Runtime, id: &str, peer: SocketAddr, method: &Meth
     } else {
         state.metrics.requests.with_label_values(&[t.endpoint, t.action.unwrap_or("none"), outcome.as_str(), t.credential.as_str()]).inc();
     }
+    if !rt.audit.is_on() {
+        return;
+    }
     rt.audit.record(&Event {
         time: state.clock.now().format(&Rfc3339).unwrap_or_default(),
         request_id: id,
@@ -140,9 +143,10 @@ where
     B::Error: Into<BoxError>,
 {
     let mut t = Trace::new("token");
-    t.credential = Credential::extract(req.headers()).map(|c| c.kind()).unwrap_or(CredentialKind::None);
+    let credential = Credential::extract(req.headers());
+    t.credential = credential.as_ref().map(Credential::kind).unwrap_or(CredentialKind::None);
     let policy = state.policy();
-    match crate::token::handle(req, &policy, &rt.auth, &rt.config.token, state.clock.now()).await {
+    match crate::token::handle(req, credential, &policy, &rt.auth, &rt.config.token, state.clock.now()).await {
         Ok((resp, issued)) => {
             t.outcome = Outcome::Allowed;
             t.credential = issued.credential;

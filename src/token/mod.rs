@@ -58,9 +58,11 @@ pub struct Issued {
     pub repositories: usize,
 }
 
-/// Serves one request to the token endpoint.
+/// Serves one request to the token endpoint; `credential` is its `Authorization` header,
+/// already read by the caller (or the reason it could not be read).
 pub async fn handle<B>(
     req: Request<B>,
+    credential: Result<Credential, AuthFailure>,
     policy: &Policy,
     auth: &Authenticator,
     settings: &TokenSettings,
@@ -75,7 +77,7 @@ where
         Method::POST => true,
         _ => return Err(Rejection::method_not_allowed("GET, POST", "the token endpoint answers GET and POST")),
     };
-    let credential = Credential::extract(req.headers()).map_err(login_failure)?;
+    let credential = credential.map_err(login_failure)?;
     let tr = if is_post {
         parse_form(req).await?
     } else {
