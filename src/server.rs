@@ -441,8 +441,9 @@ async fn serve<H, F>(
         let _ = c.send(true);
     }
     let open = connections.len();
+    let listener_name = if drain == Drain::WhenQuiet { "public" } else { "admin" };
     if open > 0 {
-        info!(open, grace_secs = grace.as_secs(), "stopped accepting; draining open connections");
+        info!(listener = listener_name, open, grace_secs = grace.as_secs(), "stopped accepting; draining open connections");
     }
     let left = deadline.map_or(grace, |d| d.saturating_duration_since(tokio::time::Instant::now()));
     let drained = tokio::time::timeout(left, async { while connections.join_next().await.is_some() {} }).await;

@@ -732,7 +732,7 @@ async fn serve(args: ServeArgs) -> Result<(), CliError> {
     println!("scopegate ready: public={scheme}://{} admin=http://{}", running.public_addr, running.admin_addr);
     serve_until_stopped(&running, config_path.as_deref(), &overrides).await;
     let grace = running.state.runtime().config.shutdown_grace;
-    tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new connections, letting open ones finish");
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down: /readyz now says no; finishing the work in progress");
     running.begin_shutdown();
     running.join().await;
     tracing::info!("stopped");
