@@ -91,10 +91,6 @@ impl Running {
         }
     }
 
-    /// A handle that stops the servers when sent `true`.
-    pub fn stopper(&self) -> watch::Sender<bool> {
-        self.stop.clone()
-    }
 }
 
 const ADMIN_DIGEST_KEY: &str = "admin_token_digest";

@@ -65,10 +65,6 @@ impl Upstream {
         Ok(Upstream { client, metrics, origin: config.upstream.as_string(), public_origin, limits: config.limits })
     }
 
-    pub fn public_origin(&self) -> &str {
-        &self.public_origin
-    }
-
     /// Sends a request to the registry, timing it and mapping transport failures.
     async fn send(&self, req: Request<Body>, endpoint: &'static str) -> Result<Response<hyper::body::Incoming>, Rejection> {
         let started = Instant::now();
