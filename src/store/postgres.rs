@@ -102,10 +102,15 @@ impl std::fmt::Debug for PostgresStore {
 fn pg(e: postgres::Error) -> StoreError {
     let class = e.code().map(|c| c.code().get(..2).unwrap_or_default().to_owned());
     let gone = e.is_closed() || e.as_db_error().is_none() || matches!(class.as_deref(), Some("08" | "57"));
+    // the driver's own Display says only "db error": name the server's code and message
+    let text = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
     if gone {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(text)
     } else {
-        backend(e)
+        StoreError::Backend(text)
     }
 }
 
