@@ -377,6 +377,16 @@ async fn create_token(state: &Arc<State>, req: CreateToken) -> Answer {
     Ok((StatusCode::CREATED, view))
 }
 
+/// The new scope map and/or status an update asks for (at least one).
+fn reassignment(req: &UpdateToken) -> Result<(Option<MapName>, Option<Status>), Rejection> {
+    let new_map = req.scope_map.as_deref().map(map_name).transpose()?;
+    let new_status = req.status.as_deref().map(Status::parse).transpose().map_err(bad)?;
+    if new_map.is_none() && new_status.is_none() {
+        return Err(bad("nothing to update: give a scope map or a status"));
+    }
+    Ok((new_map, new_status))
+}
+
 /// Gives a token or an API key another scope map (which must exist) and/or status.
 fn reassign(
     policy: &crate::policy::Policy,
@@ -399,11 +409,7 @@ fn reassign(
 
 async fn update_token(state: &Arc<State>, name: &str, req: UpdateToken) -> Answer {
     let name = token_name(name)?;
-    let new_map = req.scope_map.as_deref().map(map_name).transpose()?;
-    let new_status = req.status.as_deref().map(Status::parse).transpose().map_err(bad)?;
-    if new_map.is_none() && new_status.is_none() {
-        return Err(bad("nothing to update: give a scope map or a status"));
-    }
+    let (new_map, new_status) = reassignment(&req)?;
     let view = state
         .write(move |store, policy| {
             let mut t = policy.token(&name).cloned().ok_or_else(|| StoreError::NotFound(format!("token {name}")))?;
@@ -585,11 +591,7 @@ async fn create_key(state: &Arc<State>, req: CreateApiKey) -> Answer {
 
 async fn update_key(state: &Arc<State>, name: &str, req: UpdateToken) -> Answer {
     let name = key_name(name)?;
-    let new_map = req.scope_map.as_deref().map(map_name).transpose()?;
-    let new_status = req.status.as_deref().map(Status::parse).transpose().map_err(bad)?;
-    if new_map.is_none() && new_status.is_none() {
-        return Err(bad("nothing to update: give a scope map or a status"));
-    }
+    let (new_map, new_status) = reassignment(&req)?;
     let view = state
         .write(move |store, policy| {
             let mut k = policy.api_key(&name).cloned().ok_or_else(|| StoreError::NotFound(format!("API key {name}")))?;
