@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod support;
+#[path = "support/test_key.rs"]
+mod test_key;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,45 +14,15 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
-use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use scopegate::config::{RawConfig, RawIssuer, RawRule};
 use serde_json::{json, Value};
 use support::{basic, FakeRegistry, Harness};
+use test_key::TestKey;
 use tokio::net::TcpListener;
 
 const ISS: &str = "https://identity.example.test";
 const AUD: &str = "containerregistry";
-
-/// A signing key with its public JWK.
-struct TestKey {
-    kid: String,
-    alg: Algorithm,
-    encoding: EncodingKey,
-    jwk: Value,
-}
-
-impl TestKey {
-    fn generate(kid: &str, alg: Algorithm) -> TestKey {
-        type FromPem = fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>;
-        let (rc_alg, from_pem): (&'static rcgen::SignatureAlgorithm, FromPem) = match alg {
-            Algorithm::RS256 => (&rcgen::PKCS_RSA_SHA256, EncodingKey::from_rsa_pem),
-            Algorithm::ES256 => (&rcgen::PKCS_ECDSA_P256_SHA256, EncodingKey::from_ec_pem),
-            other => panic!("{other:?}"),
-        };
-        let pair = rcgen::KeyPair::generate_for(rc_alg).unwrap();
-        let encoding = from_pem(pair.serialize_pem().as_bytes()).unwrap();
-        let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&encoding, alg).unwrap()).unwrap();
-        jwk["kid"] = json!(kid);
-        TestKey { kid: kid.into(), alg, encoding, jwk }
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut h = Header::new(self.alg);
-        h.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&h, claims, &self.encoding).unwrap()
-    }
-}
 
 /// A JWKS endpoint on loopback; its key set can be replaced, and it counts fetches.
 struct JwksServer {

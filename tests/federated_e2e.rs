@@ -13,42 +13,19 @@
 
 #[path = "e2e/harness.rs"]
 mod harness;
+#[path = "support/test_key.rs"]
+mod test_key;
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::time::Duration;
 
 use harness::*;
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use test_key::TestKey;
+use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
 const ISS: &str = "https://idp.e2e.example.test";
 const AUD: &str = "containerregistry";
 const CONTEXT: &str = "ctx-e2e";
-
-/// An RS256 signing key made at test time, with its public JWK.
-struct TestKey {
-    kid: String,
-    encoding: EncodingKey,
-    jwk: Value,
-}
-
-impl TestKey {
-    fn generate(kid: &str) -> TestKey {
-        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("an RSA key");
-        let encoding = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).expect("the RSA key as a signing key");
-        let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&encoding, Algorithm::RS256).expect("its JWK")).expect("JWK JSON");
-        jwk["kid"] = json!(kid);
-        TestKey { kid: kid.into(), encoding, jwk }
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut h = Header::new(Algorithm::RS256);
-        h.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&h, claims, &self.encoding).expect("a signed JWT")
-    }
-}
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
@@ -132,7 +109,7 @@ fn layout_digest(dir: &Path, tag: &str) -> String {
 /// repositories and tags. No JWT or key appears in the gateway's logs.
 #[test]
 fn skopeo_pushes_with_an_identity_provider_jwt_and_an_api_key() {
-    let key = TestKey::generate("e2e-rs-1");
+    let key = TestKey::generate("e2e-rs-1", Algorithm::RS256);
     let mut jwks_path = None;
     let env = Env::start_with("federated", |root, upstream| {
         let dir = root.join("gateway");
@@ -141,17 +118,9 @@ fn skopeo_pushes_with_an_identity_provider_jwt_and_an_api_key() {
         std::fs::write(&jwks, json!({"keys": [key.jwk]}).to_string()).expect("JWKS file");
         let file = dir.join("scopegate.yaml");
         std::fs::write(&file, config(root, upstream, &jwks)).expect("config file");
-        let g = spawn_gateway(&dir, &["serve".into(), "--config".into(), file.into_os_string()]);
-        let public = g.public.strip_prefix("http://").unwrap_or_else(|| panic!("public is not http:// in {:?}", g.ready_line)).to_owned();
-        let mut proc = g.proc;
-        wait_until(
-            "gateway",
-            Duration::from_secs(10),
-            || proc.exited().map_or(Ok(()), |s| Err(format!("exited with {s}"))),
-            || TcpStream::connect(&public).is_ok(),
-        );
+        let launched = launch_gateway(&dir, &["serve".into(), "--config".into(), file.into_os_string()], "http");
         jwks_path = Some(jwks);
-        (proc, public, g.admin_url)
+        launched
     });
     assert!(jwks_path.is_some_and(|p| p.is_file()));
     env.cli_ok(&["scope-map", "create", "--name", "team-push", "--repository", "team/*", "content/read", "content/write"]);
@@ -198,7 +167,7 @@ fn skopeo_pushes_with_an_identity_provider_jwt_and_an_api_key() {
     let expired = key.sign(&claims(json!({"groups": ["pushers"], "iat": now() - 3600, "exp": now() - 1800})));
     refused_for(&push(&format!("bearer:{expired}"), "team/app:expired"), "a push with an expired JWT", "token has expired");
     // (d) signed by another key, under the kid of the real one.
-    let forged = TestKey::generate("e2e-rs-1").sign(&claims(json!({"groups": ["pushers"], "roles": [format!("containerregistry/admin/{CONTEXT}")]})));
+    let forged = TestKey::generate("e2e-rs-1", Algorithm::RS256).sign(&claims(json!({"groups": ["pushers"], "roles": [format!("containerregistry/admin/{CONTEXT}")]})));
     refused_for(&push(&format!("bearer:{forged}"), "team/app:forged"), "a push with a JWT signed by another key", "token signature or claims are invalid");
     // Straight on /v2: a valid JWT granting nothing is forbidden; the invalid ones are not
     // authenticated at all.

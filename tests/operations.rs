@@ -142,18 +142,9 @@ fn start_from_config_with(test: &str, scheme: &str, registry_tls: Option<Registr
         std::fs::create_dir_all(&dir).expect("gateway dir");
         let cfg = ConfigFile { path: dir.join("scopegate.yaml"), upstream: format!("{upstream_scheme}://{upstream}"), data_dir: dir.join("data") };
         cfg.write(&extra(root));
-        let g = spawn_gateway(&dir, &["serve".into(), "--config".into(), cfg.path.clone().into_os_string()]);
-        let prefix = format!("{scheme}://");
-        let public = g.public.strip_prefix(&prefix).unwrap_or_else(|| panic!("the ready line should announce {prefix}: {:?}", g.ready_line)).to_owned();
-        let mut proc = g.proc;
-        wait_until(
-            "gateway",
-            Duration::from_secs(10),
-            || proc.exited().map_or(Ok(()), |s| Err(format!("exited with {s}"))),
-            || TcpStream::connect(&public).is_ok(),
-        );
+        let launched = launch_gateway(&dir, &["serve".into(), "--config".into(), cfg.path.clone().into_os_string()], scheme);
         file = Some(cfg);
-        (proc, public, g.admin_url)
+        launched
     });
     (env, file.expect("the gateway was launched"))
 }

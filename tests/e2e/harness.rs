@@ -776,15 +776,23 @@ pub fn start_gateway(dir: &Path, upstream: &str) -> (Proc, String, String) {
     args.push(format!("http://{upstream}").into());
     args.push("--data-dir".into());
     args.push(dir.join("data").into());
-    let g = spawn_gateway(dir, &args);
-    let public = g.public.strip_prefix("http://").unwrap_or_else(|| panic!("public is not http:// in {:?}", g.ready_line)).to_owned();
+    launch_gateway(dir, &args, "http")
+}
+
+/// `scopegate <args>` (see [`spawn_gateway`]), whose ready line must announce `scheme`,
+/// waited for until its public listener accepts connections. Returns the process, its
+/// public `host:port` and its admin URL.
+pub fn launch_gateway(dir: &Path, args: &[std::ffi::OsString], scheme: &str) -> (Proc, String, String) {
+    let g = spawn_gateway(dir, args);
+    let prefix = format!("{scheme}://");
+    let public = g.public.strip_prefix(&prefix).unwrap_or_else(|| panic!("the ready line should announce {prefix}: {:?}", g.ready_line)).to_owned();
     let mut proc = g.proc;
     // Listening already (the ready line comes after bind), but prove the public side answers.
     wait_until(
         "gateway",
         Duration::from_secs(10),
         || proc.exited().map_or(Ok(()), |s| Err(format!("exited with {s}"))),
-        || http(&public, "GET", "/v2/", &[]).is_ok(),
+        || TcpStream::connect(&public).is_ok(),
     );
     (proc, public, g.admin_url)
 }
