@@ -1,5 +1,7 @@
 //! Policy scale: how long loading a policy of 10, 10,000 and 100,000 tokens (with a tenth as
-//! many scope maps) takes, what one decision costs at each size, and the memory per token.
+//! many scope maps) takes, how long an incremental change takes (one token disabled: read
+//! the change log and that token, patch the snapshot), what one decision costs at each
+//! size, and the memory per token.
 //!
 //!     cargo bench --bench policy_scale
 //!
@@ -12,7 +14,7 @@ use std::time::Instant;
 
 use scopegate::access::{Action, Requirement};
 use scopegate::oci::RepoName;
-use scopegate::policy::{CredentialKind, Policy, Principal, Subject, TokenName};
+use scopegate::policy::{CredentialKind, Policy, Principal, Status, Subject, TokenName};
 use scopegate::store::sqlite::SqliteStore;
 use scopegate::store::Store;
 
@@ -47,7 +49,7 @@ fn fill(dir: &std::path::Path, tokens: usize, maps: usize) {
 }
 
 fn main() {
-    println!("{:>8} {:>6} | {:>10} | {:>12} | {:>14}", "tokens", "maps", "load (ms)", "decide (ns)", "memory/token");
+    println!("{:>8} {:>6} | {:>10} | {:>16} | {:>12} | {:>14}", "tokens", "maps", "load (ms)", "1 change (ms)", "decide (ns)", "memory/token");
     for tokens in [10usize, 10_000, 100_000] {
         let maps = (tokens / 10).max(1);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -59,6 +61,16 @@ fn main() {
         let policy = Arc::new(Policy::new(r.epoch, r.maps, r.tokens, None).with_api_keys(r.api_keys).with_attributes(r.attributes));
         let load = start.elapsed();
         let grown = rss_bytes().saturating_sub(before);
+        // an incremental change: one token disabled, then the snapshot brought up to date
+        let mut t = policy.token(&TokenName::parse("device-0").expect("name")).expect("token").clone();
+        t.status = Status::Disabled;
+        store.update_token(&t).expect("update");
+        let start = Instant::now();
+        let changes = store.changes_since(policy.epoch).expect("changes").expect("covered by the change log");
+        let patched = policy.patched(changes, None);
+        let change = start.elapsed();
+        assert_eq!(patched.token(&t.name).map(|t| t.status), Some(Status::Disabled));
+        drop(patched);
         // decisions for tokens spread over the whole policy
         let principals: Vec<(Principal, RepoName)> = (0..1024)
             .map(|i| {
@@ -76,6 +88,11 @@ fn main() {
         }
         let per = start.elapsed().as_nanos() / rounds as u128;
         assert_eq!(allowed, rounds, "every decision should be allowed");
-        println!("{tokens:>8} {maps:>6} | {:>10.1} | {per:>12} | {:>11} B", load.as_secs_f64() * 1000.0, grown / tokens as u64);
+        println!(
+            "{tokens:>8} {maps:>6} | {:>10.1} | {:>16.2} | {per:>12} | {:>11} B",
+            load.as_secs_f64() * 1000.0,
+            change.as_secs_f64() * 1000.0,
+            grown / tokens as u64
+        );
     }
 }

@@ -74,6 +74,10 @@ pub struct Metrics {
     pub bytes: IntCounterVec,
     pub audit_dropped: IntCounter,
     pub config_reloads: IntCounterVec,
+    /// kind (full | incremental)
+    pub policy_reloads: IntCounterVec,
+    /// kind (full | incremental)
+    pub policy_reload_seconds: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,14 +108,25 @@ impl Metrics {
             bytes: counter("proxied_bytes_total", "Body bytes streamed through the gateway.", &["direction"])?,
             audit_dropped: IntCounter::new("audit_dropped_total", "Audit lines dropped because the audit writer fell behind.")?,
             config_reloads: counter("config_reloads_total", "Configuration reloads by result.", &["result"])?,
+            policy_reloads: counter(
+                "policy_reloads_total",
+                "Policy snapshots rebuilt after a change: full (every record read) or incremental (only the changed records).",
+                &["kind"],
+            )?,
+            policy_reload_seconds: HistogramVec::new(
+                HistogramOpts::new("policy_reload_duration_seconds", "Time to read the store and build a new policy snapshot.")
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                &["kind"],
+            )?,
             registry,
             process: Registry::new(),
         };
-        for c in [&m.requests, &m.token_requests, &m.credential_cache, &m.upstream_responses, &m.bytes, &m.config_reloads] {
+        for c in [&m.requests, &m.token_requests, &m.credential_cache, &m.upstream_responses, &m.bytes, &m.config_reloads, &m.policy_reloads] {
             m.registry.register(Box::new(c.clone()))?;
         }
         m.registry.register(Box::new(m.in_flight.clone()))?;
         m.registry.register(Box::new(m.upstream_seconds.clone()))?;
+        m.registry.register(Box::new(m.policy_reload_seconds.clone()))?;
         m.registry.register(Box::new(m.audit_dropped.clone()))?;
         m.registry.register(Box::new(PolicyCollector::new(Box::new(policy), Box::new(now))?))?;
         #[cfg(target_os = "linux")]

@@ -182,7 +182,7 @@ async fn watch_epoch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             failing = false;
         }
         if epoch != state.policy().epoch {
-            if let Err(e) = state.reload().await {
+            if let Err(e) = state.refresh().await {
                 warn!(error = %e, "cannot reload the policy; keeping the last loaded one");
             }
         }

@@ -5,7 +5,8 @@
 //! in flight keep the runtime they started with, new ones get the new one.
 //!
 //! Admin writes go through [`State::write`], which runs them one at a time on the blocking
-//! pool and then reloads the snapshot, so a change bites on the next request.
+//! pool and then refreshes the snapshot, so a change bites on the next request. A refresh
+//! re-reads only the records the store's change log names since the snapshot's epoch.
 //! No request-path code here: no parsing, no decisions.
 
 use std::net::SocketAddr;
@@ -71,6 +72,8 @@ pub struct State {
     policy: Arc<ArcSwap<Policy>>,
     admin_digest: [u8; 32],
     write_lock: tokio::sync::Mutex<()>,
+    /// Snapshot rebuilds run one at a time, so a slower one never replaces a newer snapshot.
+    refresh_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for State {
@@ -101,6 +104,7 @@ impl State {
             policy,
             admin_digest,
             write_lock: tokio::sync::Mutex::new(()),
+            refresh_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -129,13 +133,43 @@ impl State {
         Ok(Policy::new(r.epoch, r.maps, r.tokens, anonymous).with_api_keys(r.api_keys).with_attributes(r.attributes))
     }
 
-    /// Re-reads the store and swaps the snapshot.
+    /// Re-reads every record and swaps the snapshot (the configuration may have changed
+    /// what the records mean, e.g. the anonymous default).
     pub async fn reload(self: &Arc<Self>) -> Result<(), StoreError> {
+        let _guard = self.refresh_lock.lock().await;
+        self.rebuild(None).await
+    }
+
+    /// Brings the snapshot up to the store's epoch: only the records changed since the
+    /// snapshot's epoch are re-read, unless the change log no longer reaches back that far.
+    pub async fn refresh(self: &Arc<Self>) -> Result<(), StoreError> {
+        let _guard = self.refresh_lock.lock().await;
+        let current = self.policy();
+        self.rebuild(Some(current)).await
+    }
+
+    /// Builds the next snapshot, patching `from` when given and the change log allows.
+    async fn rebuild(self: &Arc<Self>, from: Option<Arc<Policy>>) -> Result<(), StoreError> {
         let me = Arc::clone(self);
-        let policy = tokio::task::spawn_blocking(move || Self::load_policy(me.store.as_ref(), &me.runtime().config))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))??;
-        self.policy.store(Arc::new(policy));
+        let started = std::time::Instant::now();
+        let next = tokio::task::spawn_blocking(move || -> Result<Option<(Policy, &'static str)>, StoreError> {
+            let config = &me.runtime().config;
+            if let Some(from) = from {
+                match me.store.changes_since(from.epoch)? {
+                    Some(changes) if changes.epoch == from.epoch => return Ok(None),
+                    Some(changes) => return Ok(Some((from.patched(changes, config.anonymous_scope_map.as_ref()), "incremental"))),
+                    None => {}
+                }
+            }
+            Ok(Some((Self::load_policy(me.store.as_ref(), config)?, "full")))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))??;
+        if let Some((policy, kind)) = next {
+            self.metrics.policy_reloads.with_label_values(&[kind]).inc();
+            self.metrics.policy_reload_seconds.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
+            self.policy.store(Arc::new(policy));
+        }
         Ok(())
     }
 
@@ -159,7 +193,7 @@ impl State {
             self.store_failed();
         }
         let value = out?;
-        self.reload().await?;
+        self.refresh().await?;
         Ok(value)
     }
 

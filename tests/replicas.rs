@@ -56,6 +56,37 @@ async fn a_token_disabled_through_one_replica_is_refused_by_the_other_within_a_s
 }
 
 #[tokio::test]
+async fn a_change_through_one_replica_is_patched_into_the_others_snapshot_not_reloaded() {
+    let pg = Postgres::start();
+    let (a, b) = (replica(&pg).await, replica(&pg).await);
+    let pw = a.token("ci", &[("team/app", &["content/read"])]).await;
+    let auth = basic("ci", &pw);
+    until(Duration::from_secs(5), async || b.v2("GET", "/v2/team/app/manifests/v1", &[("authorization", &auth)]).await.status == StatusCode::OK).await;
+    let reloads = |kind: &str| b.gw.state.metrics.policy_reloads.with_label_values(&[kind]).get();
+    let full_before = reloads("full");
+    let incremental_before = reloads("incremental");
+    // one write of every kind, through A
+    let r = a.admin("POST", "/api/v1/scope-maps", Some(json!({"name": "public", "repositories": [{"repository": "pub/*", "actions": ["content/read"]}]}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(a.admin("PUT", "/api/v1/anonymous", Some(json!({"scopeMap": "public"}))).await.status, StatusCode::OK);
+    let r = a.admin("POST", "/api/v1/apikeys", Some(json!({"name": "robot", "scopeMap": "public"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(a.admin("PATCH", "/api/v1/tokens/ci", Some(json!({"status": "disabled"}))).await.status, StatusCode::OK);
+    assert_eq!(a.admin("DELETE", "/api/v1/apikeys/robot", None).await.status, StatusCode::OK);
+    let target = a.gw.state.policy().epoch;
+    until(Duration::from_secs(2), async || b.gw.state.policy().epoch == target).await;
+    assert_eq!(b.v2("GET", "/v2/team/app/manifests/v1", &[("authorization", &auth)]).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(b.v2("GET", "/v2/pub/x/manifests/v1", &[]).await.status, StatusCode::OK);
+    // B patched its snapshot (never re-read everything), and the patch is exactly what a
+    // full load gives
+    assert_eq!(reloads("full"), full_before, "a full reload happened");
+    assert!(reloads("incremental") > incremental_before);
+    let state = std::sync::Arc::clone(&b.gw.state);
+    let loaded = tokio::task::spawn_blocking(move || scopegate::state::State::load_policy(state.store.as_ref(), &state.runtime().config).unwrap());
+    assert_eq!(*b.gw.state.policy(), loaded.await.unwrap());
+}
+
+#[tokio::test]
 async fn concurrent_updates_through_two_replicas_are_never_lost() {
     let pg = Postgres::start();
     let (a, b) = (replica(&pg).await, replica(&pg).await);

@@ -14,7 +14,7 @@ use crate::policy::scope_map::{check_object_name, MapName};
 use crate::policy::token::Status;
 
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyName(Box<str>);
+pub struct KeyName(std::sync::Arc<str>);
 
 impl KeyName {
     pub fn parse(s: &str) -> Result<KeyName, String> {

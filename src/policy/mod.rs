@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 
 use crate::access::{Access, Action, ActionSet, Requirement, ScopeHint};
 use crate::oci::RepoName;
+use crate::store::PolicyChanges;
 pub use apikey::{ApiKey, KeyName};
 pub use attributes::{Attributes, Lock};
 pub use pattern::RepoPattern;
@@ -147,14 +148,16 @@ pub struct Explanation {
     pub pattern: Option<RepoPattern>,
 }
 
-/// The whole policy at one moment.
-#[derive(Debug, Default)]
+/// The whole policy at one moment. Records sit behind `Arc`s, so a snapshot patched with a
+/// few changed records (see [`Policy::patched`]) shares every other record with the one
+/// before it.
+#[derive(Debug, Default, PartialEq)]
 pub struct Policy {
     /// Increases with every change; caches compare it.
     pub epoch: u64,
-    maps: HashMap<MapName, ScopeMap>,
-    tokens: HashMap<TokenName, Token>,
-    api_keys: HashMap<KeyName, ApiKey>,
+    maps: HashMap<MapName, Arc<ScopeMap>>,
+    tokens: HashMap<TokenName, Arc<Token>>,
+    api_keys: HashMap<KeyName, Arc<ApiKey>>,
     /// API keys by the digest of their value.
     key_index: HashMap<[u8; 32], KeyName>,
     attributes: HashMap<RepoName, Attributes>,
@@ -164,31 +167,82 @@ pub struct Policy {
 impl Policy {
     /// Builds a snapshot from user-defined maps and tokens; the system maps are added here.
     pub fn new(epoch: u64, user_maps: Vec<ScopeMap>, tokens: Vec<Token>, anonymous: Option<MapName>) -> Policy {
-        let maps = ScopeMap::system_maps().chain(user_maps).map(|m| (m.name.clone(), m)).collect();
-        let tokens = tokens.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let maps = ScopeMap::system_maps().chain(user_maps).map(|m| (m.name.clone(), Arc::new(m))).collect();
+        let tokens = tokens.into_iter().map(|t| (t.name.clone(), Arc::new(t))).collect();
         Policy { epoch, maps, tokens, api_keys: HashMap::new(), key_index: HashMap::new(), attributes: HashMap::new(), anonymous }
     }
 
     /// Adds API keys to the snapshot.
     pub fn with_api_keys(mut self, keys: impl IntoIterator<Item = ApiKey>) -> Policy {
         for k in keys {
-            self.key_index.insert(k.digest, k.name.clone());
-            self.api_keys.insert(k.name.clone(), k);
+            self.put_api_key(k.name.clone(), Some(k));
         }
         self
     }
 
+    /// Replaces (or with `None` removes) an API key, keeping the digest index in step.
+    fn put_api_key(&mut self, name: KeyName, key: Option<ApiKey>) {
+        if let Some(old) = self.api_keys.remove(&name) {
+            self.key_index.remove(&old.digest);
+        }
+        if let Some(k) = key {
+            self.key_index.insert(k.digest, name.clone());
+            self.api_keys.insert(name, Arc::new(k));
+        }
+    }
+
+    /// This snapshot with changed records put in place: the next snapshot, built without
+    /// re-reading the records that did not change. `config_anonymous` is the configured
+    /// anonymous map, in force when the stored setting is unset.
+    pub fn patched(&self, changes: PolicyChanges, config_anonymous: Option<&MapName>) -> Policy {
+        let mut next = Policy {
+            epoch: changes.epoch,
+            maps: self.maps.clone(),
+            tokens: self.tokens.clone(),
+            api_keys: self.api_keys.clone(),
+            key_index: self.key_index.clone(),
+            attributes: self.attributes.clone(),
+            anonymous: self.anonymous.clone(),
+        };
+        for (name, map) in changes.maps {
+            match map {
+                Some(m) => next.maps.insert(name, Arc::new(m)),
+                None => next.maps.remove(&name),
+            };
+        }
+        for (name, token) in changes.tokens {
+            match token {
+                Some(t) => next.tokens.insert(name, Arc::new(t)),
+                None => next.tokens.remove(&name),
+            };
+        }
+        for (name, key) in changes.api_keys {
+            next.put_api_key(name, key);
+        }
+        for (repo, a) in changes.attributes {
+            if a.is_default() {
+                next.attributes.remove(&repo);
+            } else {
+                next.attributes.insert(repo, a);
+            }
+        }
+        if let Some(stored) = changes.anonymous {
+            next.anonymous = stored.unwrap_or_else(|| config_anonymous.cloned());
+        }
+        next
+    }
+
     pub fn api_key(&self, name: &KeyName) -> Option<&ApiKey> {
-        self.api_keys.get(name)
+        self.api_keys.get(name).map(|k| &**k)
     }
 
     /// The API key whose value has this digest.
     pub fn api_key_by_digest(&self, digest: &[u8; 32]) -> Option<&ApiKey> {
-        self.key_index.get(digest).and_then(|n| self.api_keys.get(n))
+        self.key_index.get(digest).and_then(|n| self.api_key(n))
     }
 
     pub fn api_keys(&self) -> impl Iterator<Item = &ApiKey> {
-        self.api_keys.values()
+        self.api_keys.values().map(|k| &**k)
     }
 
     /// Adds repository attributes (locks) to the snapshot.
@@ -208,19 +262,19 @@ impl Policy {
     }
 
     pub fn map(&self, name: &MapName) -> Option<&ScopeMap> {
-        self.maps.get(name)
+        self.maps.get(name).map(|m| &**m)
     }
 
     pub fn maps(&self) -> impl Iterator<Item = &ScopeMap> {
-        self.maps.values()
+        self.maps.values().map(|m| &**m)
     }
 
     pub fn token(&self, name: &TokenName) -> Option<&Token> {
-        self.tokens.get(name)
+        self.tokens.get(name).map(|t| &**t)
     }
 
     pub fn tokens(&self) -> impl Iterator<Item = &Token> {
-        self.tokens.values()
+        self.tokens.values().map(|t| &**t)
     }
 
     pub fn anonymous_map(&self) -> Option<&MapName> {

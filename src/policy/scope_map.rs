@@ -16,7 +16,7 @@ use crate::policy::pattern::RepoPattern;
 /// The name of a scope map or a token: 1–64 characters `[A-Za-z0-9-]`, starting with a
 /// letter or digit. Names starting with `_` are the system maps'.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MapName(Box<str>);
+pub struct MapName(std::sync::Arc<str>);
 
 pub const MAX_OBJECT_NAME: usize = 64;
 
@@ -98,6 +98,14 @@ pub struct ScopeMap {
     /// Actions per pattern; the source of truth, kept sorted for stable output.
     rules: BTreeMap<RepoPattern, ActionSet>,
     index: Index,
+}
+
+/// Equal when the records are; the index is derived from the rules.
+impl PartialEq for ScopeMap {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.name, &self.description, self.kind, self.created, self.revision, &self.rules)
+            == (&other.name, &other.description, other.kind, other.created, other.revision, &other.rules)
+    }
 }
 
 #[derive(Clone, Debug, Default)]

@@ -15,7 +15,7 @@ use crate::policy::scope_map::{check_object_name, MapName};
 pub const RESERVED_USERNAMES: [&str; 3] = ["apikey", "bearer", "anonymous"];
 
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TokenName(Box<str>);
+pub struct TokenName(std::sync::Arc<str>);
 
 impl TokenName {
     pub fn parse(s: &str) -> Result<TokenName, String> {
@@ -126,7 +126,7 @@ impl fmt::Debug for Password {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Token {
     pub name: TokenName,
     pub scope_map: MapName,

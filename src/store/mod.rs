@@ -1,6 +1,8 @@
 //! Persistent state: scope maps, tokens (password digests only), signing keys and a few
 //! settings, behind the [`Store`] trait. The policy snapshot is built from what `load`
-//! returns; every write bumps an epoch, so a reader can tell that something changed.
+//! returns; every write bumps an epoch, so a reader can tell that something changed, and
+//! names the records it touched in a change log written in the same transaction, so a
+//! reader that is a few epochs behind re-reads only those records (`changes_since`).
 //!
 //! The store keeps records and enforces integrity (a map in use cannot be deleted, names
 //! are unique); it never decides access and never sees a secret value. Calls are blocking;
@@ -35,6 +37,54 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// The anonymous scope map as stored: `None` if never set (the configuration then decides),
+/// `Some(None)` if explicitly switched off.
+pub type StoredAnonymous = Option<Option<MapName>>;
+
+/// How many epochs the change log keeps; a reader further behind loads everything.
+pub const CHANGE_LOG_SPAN: u64 = 4096;
+
+/// One record a write touched; the change log holds these, readers re-read the record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    Map(MapName),
+    Token(TokenName),
+    ApiKey(KeyName),
+    Repository(RepoName),
+    Anonymous,
+}
+
+impl Changed {
+    /// The (kind, name) pair stored in the change log.
+    pub(crate) fn columns(&self) -> (&'static str, &str) {
+        match self {
+            Changed::Map(n) => ("map", n.as_str()),
+            Changed::Token(n) => ("token", n.as_str()),
+            Changed::ApiKey(n) => ("api_key", n.as_str()),
+            Changed::Repository(n) => ("repository", n.as_str()),
+            Changed::Anonymous => ("anonymous", ""),
+        }
+    }
+
+    pub(crate) fn from_columns(kind: &str, name: &str) -> Result<Changed, StoreError> {
+        match kind {
+            "map" => MapName::parse(name).map(Changed::Map).map_err(backend),
+            "token" => TokenName::parse(name).map(Changed::Token).map_err(backend),
+            "api_key" => KeyName::parse(name).map(Changed::ApiKey).map_err(backend),
+            "repository" => RepoName::parse(name).map(Changed::Repository).map_err(backend),
+            "anonymous" => Ok(Changed::Anonymous),
+            other => Err(backend(format!("unknown change kind {other:?} in store"))),
+        }
+    }
+}
+
+/// Whether the change log still covers every write after `since` (it holds the writes
+/// after `log_start` and the last [`CHANGE_LOG_SPAN`] epochs). A `since` ahead of the
+/// store (a database restored from a backup) is not covered either.
+pub(crate) fn log_covers(since: u64, log_start: u64, current: u64) -> bool {
+    since >= log_start && since <= current && current - since <= CHANGE_LOG_SPAN
+}
+
 /// Everything the policy is built from.
 #[derive(Debug, Default)]
 pub struct PolicyRecords {
@@ -44,9 +94,22 @@ pub struct PolicyRecords {
     pub api_keys: Vec<ApiKey>,
     /// Repositories with stored attributes.
     pub attributes: Vec<(RepoName, Attributes)>,
-    /// The anonymous scope map set at runtime: `None` if never set (the configuration then
-    /// decides), `Some(None)` if explicitly switched off.
-    pub anonymous: Option<Option<MapName>>,
+    /// The anonymous scope map set at runtime.
+    pub anonymous: StoredAnonymous,
+}
+
+/// The records written after some epoch, each as it is now (`None`: it was deleted).
+#[derive(Debug, Default)]
+pub struct PolicyChanges {
+    /// The epoch these changes bring a reader to.
+    pub epoch: u64,
+    pub maps: Vec<(MapName, Option<ScopeMap>)>,
+    pub tokens: Vec<(TokenName, Option<Token>)>,
+    pub api_keys: Vec<(KeyName, Option<ApiKey>)>,
+    /// A repository's attributes now (default attributes when its record was removed).
+    pub attributes: Vec<(RepoName, Attributes)>,
+    /// The anonymous setting now, if it changed.
+    pub anonymous: Option<StoredAnonymous>,
 }
 
 /// An untag in progress on a registry that cannot remove a single tag: the manifest is
@@ -69,9 +132,77 @@ pub struct KeyRecord {
     pub created: OffsetDateTime,
 }
 
+/// Reads of the policy records, whole tables or one record by name, inside one consistent
+/// snapshot of a store; `load` and `changes_since` are built on it, the same for both stores.
+pub(crate) trait RecordReader {
+    fn maps(&mut self, only: Option<&str>) -> Result<Vec<ScopeMap>, StoreError>;
+    fn tokens(&mut self, only: Option<&str>) -> Result<Vec<Token>, StoreError>;
+    fn api_keys(&mut self, only: Option<&str>) -> Result<Vec<ApiKey>, StoreError>;
+    /// Repositories with stored attributes.
+    fn attributes(&mut self, only: Option<&str>) -> Result<Vec<(RepoName, Attributes)>, StoreError>;
+    fn anonymous(&mut self) -> Result<StoredAnonymous, StoreError>;
+}
+
+/// What creating `token` (and its own map, if given) touches.
+pub(crate) fn token_changes(token: &Token, own_map: Option<&ScopeMap>) -> Vec<Changed> {
+    own_map.map(|m| Changed::Map(m.name.clone())).into_iter().chain([Changed::Token(token.name.clone())]).collect()
+}
+
+/// Every record.
+pub(crate) fn read_all(r: &mut impl RecordReader, epoch: u64) -> Result<PolicyRecords, StoreError> {
+    Ok(PolicyRecords {
+        epoch,
+        maps: r.maps(None)?,
+        tokens: r.tokens(None)?,
+        api_keys: r.api_keys(None)?,
+        attributes: r.attributes(None)?,
+        anonymous: r.anonymous()?,
+    })
+}
+
+/// The named records as they are now.
+pub(crate) fn read_changed(r: &mut impl RecordReader, epoch: u64, changed: Vec<Changed>) -> Result<PolicyChanges, StoreError> {
+    let mut out = PolicyChanges { epoch, ..PolicyChanges::default() };
+    for c in changed {
+        match c {
+            Changed::Map(n) => {
+                let now = r.maps(Some(n.as_str()))?.pop();
+                out.maps.push((n, now));
+            }
+            Changed::Token(n) => {
+                let now = r.tokens(Some(n.as_str()))?.pop();
+                out.tokens.push((n, now));
+            }
+            Changed::ApiKey(n) => {
+                let now = r.api_keys(Some(n.as_str()))?.pop();
+                out.api_keys.push((n, now));
+            }
+            Changed::Repository(n) => {
+                let now = r.attributes(Some(n.as_str()))?.pop().map(|(_, a)| a).unwrap_or_default();
+                out.attributes.push((n, now));
+            }
+            Changed::Anonymous => out.anonymous = Some(r.anonymous()?),
+        }
+    }
+    Ok(out)
+}
+
+/// `base`, restricted to one record when `only` is set (`placeholder` is the driver's
+/// first parameter, `?1` or `$1`).
+pub(crate) fn select(base: &str, column: &str, only: Option<&str>, placeholder: &str) -> String {
+    match only {
+        Some(_) => format!("{base} WHERE {column} = {placeholder}"),
+        None => base.to_owned(),
+    }
+}
+
 pub trait Store: Send + Sync + 'static {
     fn load(&self) -> Result<PolicyRecords, StoreError>;
     fn epoch(&self) -> Result<u64, StoreError>;
+    /// The records changed after epoch `since`, read in one consistent snapshot; `None`
+    /// when the change log does not cover every write since then (the caller loads
+    /// everything instead).
+    fn changes_since(&self, since: u64) -> Result<Option<PolicyChanges>, StoreError>;
 
     fn create_scope_map(&self, map: &ScopeMap) -> Result<(), StoreError>;
     fn update_scope_map(&self, map: &ScopeMap) -> Result<(), StoreError>;

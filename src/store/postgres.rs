@@ -13,7 +13,10 @@ use std::sync::Mutex;
 
 use postgres::{Client, NoTls, Row, Transaction};
 
-use super::{actions_parse, actions_text, backend, digest32, from_ts, revision, ts, KeyRecord, PolicyRecords, Store, StoreError, UntagJournal};
+use super::{
+    actions_parse, actions_text, backend, digest32, from_ts, log_covers, read_all, read_changed, revision, select, token_changes, ts, Changed,
+    KeyRecord, PolicyChanges, PolicyRecords, RecordReader, Store, StoreError, StoredAnonymous, UntagJournal, CHANGE_LOG_SPAN,
+};
 use crate::oci::{Digest, RepoName, Tag};
 use crate::policy::{ApiKey, Attributes, KeyName, MapName, Password, RepoPattern, ScopeMap, Slot, Status, Token, TokenName};
 
@@ -78,6 +81,11 @@ CREATE TABLE untag_journal (
     keep_tags TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
+"#, r#"
+CREATE TABLE changes (epoch BIGINT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL);
+CREATE INDEX changes_by_epoch ON changes (epoch);
+ALTER TABLE epoch ADD COLUMN changes_from BIGINT NOT NULL DEFAULT 0;
+UPDATE epoch SET changes_from = value;
 "#];
 
 /// Advisory lock key held while migrating.
@@ -149,12 +157,29 @@ impl PostgresStore {
         out
     }
 
-    /// A write: one transaction, which also bumps the shared epoch.
-    fn write<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    /// A write: one transaction, which also bumps the shared epoch and logs the records it
+    /// touched. The epoch row stays locked until the commit, so writes commit in epoch order
+    /// and a reader that sees epoch E sees every write up to E.
+    fn write<T>(&self, changed: &[Changed], f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         self.with(|c| {
             let mut tx = c.transaction().map_err(pg)?;
             let out = f(&mut tx)?;
-            tx.execute("UPDATE epoch SET value = value + 1 WHERE id = 1", &[]).map_err(pg)?;
+            let epoch: i64 = get(&tx.query_one("UPDATE epoch SET value = value + 1 WHERE id = 1 RETURNING value", &[]).map_err(pg)?, 0)?;
+            for ch in changed {
+                let (kind, name) = ch.columns();
+                tx.execute("INSERT INTO changes (epoch, kind, name) VALUES ($1, $2, $3)", &[&epoch, &kind, &name]).map_err(pg)?;
+            }
+            tx.execute("DELETE FROM changes WHERE epoch <= $1", &[&(epoch - rev(CHANGE_LOG_SPAN)?)]).map_err(pg)?;
+            tx.commit().map_err(pg)?;
+            Ok(out)
+        })
+    }
+
+    /// Reads that must agree: one read-only, repeatable-read transaction.
+    fn snapshot<T>(&self, f: impl FnOnce(&mut Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.with(|c| {
+            let mut tx = c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).read_only(true).start().map_err(pg)?;
+            let out = f(&mut tx)?;
             tx.commit().map_err(pg)?;
             Ok(out)
         })
@@ -236,79 +261,130 @@ fn delete_named(tx: &mut Transaction<'_>, table: &str, name: &str, what: String)
     Ok(())
 }
 
-impl Store for PostgresStore {
-    fn load(&self) -> Result<PolicyRecords, StoreError> {
-        self.with(|c| {
-            // one consistent snapshot of every table
-            let mut tx = c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).read_only(true).start().map_err(pg)?;
-            let epoch: i64 = get(&tx.query_one("SELECT value FROM epoch WHERE id = 1", &[]).map_err(pg)?, 0)?;
-            let mut rules: BTreeMap<String, BTreeMap<RepoPattern, crate::access::ActionSet>> = BTreeMap::new();
-            for r in tx.query("SELECT map, pattern, actions FROM scope_map_rules", &[]).map_err(pg)? {
-                let (map, pattern, actions): (String, String, String) = (get(&r, 0)?, get(&r, 1)?, get(&r, 2)?);
-                rules.entry(map).or_default().insert(RepoPattern::parse(&pattern).map_err(backend)?, actions_parse(&actions)?);
-            }
-            let mut maps = Vec::new();
-            for r in tx.query("SELECT name, description, created_at, revision FROM scope_maps", &[]).map_err(pg)? {
-                let name: String = get(&r, 0)?;
+/// Policy-record reads inside one transaction.
+struct Reader<'a, 'b>(&'a mut Transaction<'b>);
+
+impl Reader<'_, '_> {
+    /// Runs `sql` (restricted to `only` when set).
+    fn rows(&mut self, sql: &str, only: Option<&str>) -> Result<Vec<Row>, StoreError> {
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = only.iter().map(|n| n as &(dyn postgres::types::ToSql + Sync)).collect();
+        self.0.query(sql, &params).map_err(pg)
+    }
+}
+
+impl RecordReader for Reader<'_, '_> {
+    fn maps(&mut self, only: Option<&str>) -> Result<Vec<ScopeMap>, StoreError> {
+        let mut rules: BTreeMap<String, BTreeMap<RepoPattern, crate::access::ActionSet>> = BTreeMap::new();
+        for r in self.rows(&select("SELECT map, pattern, actions FROM scope_map_rules", "map", only, "$1"), only)? {
+            let (map, pattern, actions): (String, String, String) = (get(&r, 0)?, get(&r, 1)?, get(&r, 2)?);
+            rules.entry(map).or_default().insert(RepoPattern::parse(&pattern).map_err(backend)?, actions_parse(&actions)?);
+        }
+        self.rows(&select("SELECT name, description, created_at, revision FROM scope_maps", "name", only, "$1"), only)?
+            .iter()
+            .map(|r| {
+                let name: String = get(r, 0)?;
                 let rs = rules.remove(&name).unwrap_or_default();
-                let mut m = ScopeMap::new(MapName::parse(&name).map_err(backend)?, get(&r, 1)?, from_ts(get(&r, 2)?)?, rs);
-                m.revision = revision(get(&r, 3)?)?;
-                maps.push(m);
-            }
-            let mut passwords: BTreeMap<String, Vec<(Slot, Password)>> = BTreeMap::new();
-            for r in tx.query("SELECT token, slot, id, digest, created_at, expires_at FROM token_passwords", &[]).map_err(pg)? {
-                let slot: String = get(&r, 1)?;
-                let slot = Slot::parse(&slot).ok_or_else(|| backend("bad slot in store"))?;
-                let expiry: Option<i64> = get(&r, 5)?;
-                let p = Password { id: get(&r, 2)?, digest: digest32(get(&r, 3)?)?, created: from_ts(get(&r, 4)?)?, expiry: expiry.map(from_ts).transpose()? };
-                passwords.entry(get(&r, 0)?).or_default().push((slot, p));
-            }
-            let mut tokens = Vec::new();
-            for r in tx.query("SELECT name, scope_map, status, created_at, revision FROM tokens", &[]).map_err(pg)? {
-                let (name, map, status): (String, String, String) = (get(&r, 0)?, get(&r, 1)?, get(&r, 2)?);
+                let mut m = ScopeMap::new(MapName::parse(&name).map_err(backend)?, get(r, 1)?, from_ts(get(r, 2)?)?, rs);
+                m.revision = revision(get(r, 3)?)?;
+                Ok(m)
+            })
+            .collect()
+    }
+
+    fn tokens(&mut self, only: Option<&str>) -> Result<Vec<Token>, StoreError> {
+        let mut passwords: BTreeMap<String, Vec<(Slot, Password)>> = BTreeMap::new();
+        for r in self.rows(&select("SELECT token, slot, id, digest, created_at, expires_at FROM token_passwords", "token", only, "$1"), only)? {
+            let slot: String = get(&r, 1)?;
+            let slot = Slot::parse(&slot).ok_or_else(|| backend("bad slot in store"))?;
+            let expiry: Option<i64> = get(&r, 5)?;
+            let p = Password { id: get(&r, 2)?, digest: digest32(get(&r, 3)?)?, created: from_ts(get(&r, 4)?)?, expiry: expiry.map(from_ts).transpose()? };
+            passwords.entry(get(&r, 0)?).or_default().push((slot, p));
+        }
+        self.rows(&select("SELECT name, scope_map, status, created_at, revision FROM tokens", "name", only, "$1"), only)?
+            .iter()
+            .map(|r| {
+                let (name, map, status): (String, String, String) = (get(r, 0)?, get(r, 1)?, get(r, 2)?);
                 let mut t = Token::new(
                     TokenName::parse(&name).map_err(backend)?,
                     MapName::parse(&map).map_err(backend)?,
                     Status::parse(&status).map_err(backend)?,
-                    from_ts(get(&r, 3)?)?,
+                    from_ts(get(r, 3)?)?,
                 );
                 for (slot, p) in passwords.remove(&name).unwrap_or_default() {
                     t.set_password(slot, Some(p));
                 }
-                t.revision = revision(get(&r, 4)?)?;
-                tokens.push(t);
-            }
-            let mut api_keys = Vec::new();
-            for r in tx.query("SELECT name, id, digest, scope_map, status, created_at, expires_at, revision FROM api_keys", &[]).map_err(pg)? {
-                let (name, map, status): (String, String, String) = (get(&r, 0)?, get(&r, 3)?, get(&r, 4)?);
-                let expiry: Option<i64> = get(&r, 6)?;
-                api_keys.push(ApiKey {
+                t.revision = revision(get(r, 4)?)?;
+                Ok(t)
+            })
+            .collect()
+    }
+
+    fn api_keys(&mut self, only: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
+        let sql = select("SELECT name, id, digest, scope_map, status, created_at, expires_at, revision FROM api_keys", "name", only, "$1");
+        self.rows(&sql, only)?
+            .iter()
+            .map(|r| {
+                let (name, map, status): (String, String, String) = (get(r, 0)?, get(r, 3)?, get(r, 4)?);
+                let expiry: Option<i64> = get(r, 6)?;
+                Ok(ApiKey {
                     name: KeyName::parse(&name).map_err(backend)?,
-                    id: get(&r, 1)?,
-                    digest: digest32(get(&r, 2)?)?,
+                    id: get(r, 1)?,
+                    digest: digest32(get(r, 2)?)?,
                     scope_map: MapName::parse(&map).map_err(backend)?,
                     status: Status::parse(&status).map_err(backend)?,
-                    created: from_ts(get(&r, 5)?)?,
+                    created: from_ts(get(r, 5)?)?,
                     expiry: expiry.map(from_ts).transpose()?,
-                    revision: revision(get(&r, 7)?)?,
-                });
+                    revision: revision(get(r, 7)?)?,
+                })
+            })
+            .collect()
+    }
+
+    fn attributes(&mut self, only: Option<&str>) -> Result<Vec<(RepoName, Attributes)>, StoreError> {
+        let sql = select("SELECT name, read_enabled, write_enabled, delete_enabled, list_enabled FROM repositories", "name", only, "$1");
+        self.rows(&sql, only)?
+            .iter()
+            .map(|r| {
+                let name: String = get(r, 0)?;
+                let a = Attributes { read_enabled: get(r, 1)?, write_enabled: get(r, 2)?, delete_enabled: get(r, 3)?, list_enabled: get(r, 4)? };
+                Ok((RepoName::parse(&name).map_err(backend)?, a))
+            })
+            .collect()
+    }
+
+    fn anonymous(&mut self) -> Result<StoredAnonymous, StoreError> {
+        match self.0.query("SELECT value FROM settings WHERE key = $1", &[&ANONYMOUS_KEY]).map_err(pg)?.first() {
+            None => Ok(None),
+            Some(r) => {
+                let name = String::from_utf8(get::<Vec<u8>>(r, 0)?).map_err(backend)?;
+                Ok(Some(if name.is_empty() { None } else { Some(MapName::parse(&name).map_err(backend)?) }))
             }
-            let mut attributes = Vec::new();
-            for r in tx.query("SELECT name, read_enabled, write_enabled, delete_enabled, list_enabled FROM repositories", &[]).map_err(pg)? {
-                let name: String = get(&r, 0)?;
-                let a = Attributes { read_enabled: get(&r, 1)?, write_enabled: get(&r, 2)?, delete_enabled: get(&r, 3)?, list_enabled: get(&r, 4)? };
-                attributes.push((RepoName::parse(&name).map_err(backend)?, a));
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn load(&self) -> Result<PolicyRecords, StoreError> {
+        self.snapshot(|tx| {
+            let epoch: i64 = get(&tx.query_one("SELECT value FROM epoch WHERE id = 1", &[]).map_err(pg)?, 0)?;
+            read_all(&mut Reader(tx), revision(epoch)?)
+        })
+    }
+
+    fn changes_since(&self, since: u64) -> Result<Option<PolicyChanges>, StoreError> {
+        self.snapshot(|tx| {
+            let row = tx.query_one("SELECT value, changes_from FROM epoch WHERE id = 1", &[]).map_err(pg)?;
+            let (epoch, from) = (revision(get(&row, 0)?)?, revision(get(&row, 1)?)?);
+            if !log_covers(since, from, epoch) {
+                return Ok(None);
             }
-            let anonymous = match tx.query("SELECT value FROM settings WHERE key = $1", &[&ANONYMOUS_KEY]).map_err(pg)?.first() {
-                None => None,
-                Some(r) => {
-                    let v: Vec<u8> = get(r, 0)?;
-                    let name = String::from_utf8(v).map_err(backend)?;
-                    Some(if name.is_empty() { None } else { Some(MapName::parse(&name).map_err(backend)?) })
-                }
-            };
-            tx.commit().map_err(pg)?;
-            Ok(PolicyRecords { epoch: revision(epoch)?, maps, tokens, api_keys, attributes, anonymous })
+            let changed = tx
+                .query("SELECT DISTINCT kind, name FROM changes WHERE epoch > $1 ORDER BY kind, name", &[&rev(since)?])
+                .map_err(pg)?
+                .iter()
+                .map(|r| Changed::from_columns(&get::<String>(r, 0)?, &get::<String>(r, 1)?))
+                .collect::<Result<Vec<_>, _>>()?;
+            read_changed(&mut Reader(tx), epoch, changed).map(Some)
         })
     }
 
@@ -317,11 +393,11 @@ impl Store for PostgresStore {
     }
 
     fn create_scope_map(&self, map: &ScopeMap) -> Result<(), StoreError> {
-        self.write(|tx| insert_map(tx, map))
+        self.write(&[Changed::Map(map.name.clone())], |tx| insert_map(tx, map))
     }
 
     fn update_scope_map(&self, map: &ScopeMap) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write(&[Changed::Map(map.name.clone())], |tx| {
             let n = tx
                 .execute(
                     "UPDATE scope_maps SET description = $2, revision = revision + 1 WHERE name = $1 AND revision = $3",
@@ -336,7 +412,7 @@ impl Store for PostgresStore {
     }
 
     fn delete_scope_map(&self, name: &MapName) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write(&[Changed::Map(name.clone())], |tx| {
             for (table, what) in [("tokens", "token(s)"), ("api_keys", "API key(s)")] {
                 let users: Vec<String> = tx
                     .query(&format!("SELECT name FROM {table} WHERE scope_map = $1 ORDER BY name LIMIT 5"), &[&name.as_str()])
@@ -353,7 +429,7 @@ impl Store for PostgresStore {
     }
 
     fn create_token(&self, token: &Token, own_map: Option<&ScopeMap>) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write(&token_changes(token, own_map), |tx| {
             if let Some(m) = own_map {
                 insert_map(tx, m)?;
             }
@@ -371,7 +447,7 @@ impl Store for PostgresStore {
     }
 
     fn update_token(&self, token: &Token) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write(&[Changed::Token(token.name.clone())], |tx| {
             let n = tx
                 .execute(
                     "UPDATE tokens SET scope_map = $2, status = $3, revision = revision + 1 WHERE name = $1 AND revision = $4",
@@ -386,11 +462,11 @@ impl Store for PostgresStore {
     }
 
     fn delete_token(&self, name: &TokenName) -> Result<(), StoreError> {
-        self.write(|tx| delete_named(tx, "tokens", name.as_str(), format!("token {name}")))
+        self.write(&[Changed::Token(name.clone())], |tx| delete_named(tx, "tokens", name.as_str(), format!("token {name}")))
     }
 
     fn create_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write(&[Changed::ApiKey(k.name.clone())], |tx| {
             let n = tx
                 .execute(
                     "INSERT INTO api_keys (name, id, digest, scope_map, status, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -406,7 +482,7 @@ impl Store for PostgresStore {
     }
 
     fn update_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write(&[Changed::ApiKey(k.name.clone())], |tx| {
             let n = tx
                 .execute(
                     "UPDATE api_keys SET scope_map = $2, status = $3, expires_at = $4, revision = revision + 1 WHERE name = $1 AND revision = $5",
@@ -421,11 +497,11 @@ impl Store for PostgresStore {
     }
 
     fn delete_api_key(&self, name: &KeyName) -> Result<(), StoreError> {
-        self.write(|tx| delete_named(tx, "api_keys", name.as_str(), format!("API key {name}")))
+        self.write(&[Changed::ApiKey(name.clone())], |tx| delete_named(tx, "api_keys", name.as_str(), format!("API key {name}")))
     }
 
     fn set_attributes(&self, repo: &RepoName, a: &Attributes) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write(&[Changed::Repository(repo.clone())], |tx| {
             if a.is_default() {
                 tx.execute("DELETE FROM repositories WHERE name = $1", &[&repo.as_str()]).map_err(pg)?;
             } else {
@@ -444,7 +520,7 @@ impl Store for PostgresStore {
 
     fn set_anonymous(&self, map: Option<&MapName>) -> Result<(), StoreError> {
         let v = map.map(MapName::as_str).unwrap_or("").as_bytes().to_vec();
-        self.write(|tx| {
+        self.write(&[Changed::Anonymous], |tx| {
             tx.execute("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2", &[&ANONYMOUS_KEY, &v])
                 .map_err(pg)?;
             Ok(())
@@ -500,7 +576,7 @@ impl Store for PostgresStore {
     }
 
     fn add_signing_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write(&[], |tx| {
             tx.execute("INSERT INTO signing_keys (pkcs8, created_at) VALUES ($1, $2)", &[&key.pkcs8, &ts(key.created)]).map_err(pg)?;
             Ok(())
         })
@@ -511,7 +587,7 @@ impl Store for PostgresStore {
     }
 
     fn set_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write(&[], |tx| {
             tx.execute("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2", &[&key, &value]).map_err(pg)?;
             Ok(())
         })

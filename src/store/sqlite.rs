@@ -10,7 +10,10 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::{actions_parse, actions_text, backend, from_ts, ts, KeyRecord, PolicyRecords, Store, StoreError, UntagJournal};
+use super::{
+    actions_parse, actions_text, backend, from_ts, log_covers, read_all, read_changed, select, ts, Changed, KeyRecord, PolicyChanges, PolicyRecords,
+    RecordReader, Store, StoreError, StoredAnonymous, UntagJournal, CHANGE_LOG_SPAN, token_changes,
+};
 use crate::access::ActionSet;
 use crate::oci::{Digest, RepoName, Tag};
 use crate::policy::{ApiKey, Attributes, KeyName, MapName, Password, RepoPattern, ScopeMap, Slot, Status, Token, TokenName};
@@ -83,10 +86,16 @@ CREATE TABLE api_keys (
 ALTER TABLE scope_maps ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE tokens ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE api_keys ADD COLUMN revision INTEGER NOT NULL DEFAULT 1;
+"#, r#"
+CREATE TABLE changes (epoch INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL);
+CREATE INDEX changes_by_epoch ON changes (epoch);
+INSERT INTO settings (key, value) SELECT 'changes_from', value FROM settings WHERE key = 'epoch';
 "#];
 
 /// Settings key of the anonymous scope map ("" = explicitly none).
 const ANONYMOUS_KEY: &str = "anonymous_scope_map";
+/// Settings key of the epoch the change log starts at (writes before it are not logged).
+const CHANGES_FROM_KEY: &str = "changes_from";
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -128,11 +137,18 @@ impl SqliteStore {
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
-    fn with_tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    /// A write: one transaction that also bumps the epoch and logs the records it touched.
+    fn with_tx<T>(&self, changed: &[Changed], f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().map_err(|_| backend("store lock poisoned"))?;
         let tx = conn.transaction().map_err(backend)?;
         let out = f(&tx)?;
         tx.execute("UPDATE settings SET value = CAST(CAST(value AS INTEGER) + 1 AS BLOB) WHERE key = 'epoch'", []).map_err(backend)?;
+        let epoch = rev(read_epoch(&tx)?)?;
+        for c in changed {
+            let (kind, name) = c.columns();
+            tx.execute("INSERT INTO changes (epoch, kind, name) VALUES (?1, ?2, ?3)", params![epoch, kind, name]).map_err(backend)?;
+        }
+        tx.execute("DELETE FROM changes WHERE epoch <= ?1", [epoch - rev(CHANGE_LOG_SPAN)?]).map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(out)
     }
@@ -140,6 +156,15 @@ impl SqliteStore {
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let conn = self.conn.lock().map_err(|_| backend("store lock poisoned"))?;
         f(&conn)
+    }
+
+    /// Several reads that must agree (one connection, one transaction).
+    fn snapshot<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| backend("store lock poisoned"))?;
+        let tx = conn.transaction().map_err(backend)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(backend)?;
+        Ok(out)
     }
 }
 
@@ -190,121 +215,19 @@ fn write_passwords(tx: &Transaction<'_>, t: &Token) -> Result<(), StoreError> {
 
 impl Store for SqliteStore {
     fn load(&self) -> Result<PolicyRecords, StoreError> {
-        self.read(|c| {
+        self.snapshot(|c| read_all(&mut Reader(c), read_epoch(c)?))
+    }
+
+    fn changes_since(&self, since: u64) -> Result<Option<PolicyChanges>, StoreError> {
+        self.snapshot(|c| {
             let epoch = read_epoch(c)?;
-            let mut rules: BTreeMap<String, BTreeMap<RepoPattern, ActionSet>> = BTreeMap::new();
-            let mut st = c.prepare("SELECT map, pattern, actions FROM scope_map_rules").map_err(backend)?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))).map_err(backend)?;
-            for row in rows {
-                let (map, pattern, actions) = row.map_err(backend)?;
-                let p = RepoPattern::parse(&pattern).map_err(backend)?;
-                rules.entry(map).or_default().insert(p, actions_parse(&actions)?);
+            if !log_covers(since, read_u64_setting(c, CHANGES_FROM_KEY)?, epoch) {
+                return Ok(None);
             }
-            let mut maps = Vec::new();
-            let mut st = c.prepare("SELECT name, description, created_at, revision FROM scope_maps").map_err(backend)?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))
-                .map_err(backend)?;
-            for row in rows {
-                let (name, description, created, revision) = row.map_err(backend)?;
-                let r = rules.remove(&name).unwrap_or_default();
-                let mut m = ScopeMap::new(MapName::parse(&name).map_err(backend)?, description, from_ts(created)?, r);
-                m.revision = stored_revision(revision)?;
-                maps.push(m);
-            }
-            let mut passwords: BTreeMap<String, Vec<(Slot, Password)>> = BTreeMap::new();
-            let mut st = c.prepare("SELECT token, slot, id, digest, created_at, expires_at FROM token_passwords").map_err(backend)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
-                    ))
-                })
-                .map_err(backend)?;
-            for row in rows {
-                let (token, slot, id, digest, created, expires) = row.map_err(backend)?;
-                let slot = Slot::parse(&slot).ok_or_else(|| backend("bad slot in store"))?;
-                let digest: [u8; 32] = digest32(digest)?;
-                let expiry = expires.map(from_ts).transpose()?;
-                passwords.entry(token).or_default().push((slot, Password { id, digest, created: from_ts(created)?, expiry }));
-            }
-            let mut tokens = Vec::new();
-            let mut st = c.prepare("SELECT name, scope_map, status, created_at, revision FROM tokens").map_err(backend)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
-                })
-                .map_err(backend)?;
-            for row in rows {
-                let (name, map, status, created, revision) = row.map_err(backend)?;
-                let mut t = Token::new(
-                    TokenName::parse(&name).map_err(backend)?,
-                    MapName::parse(&map).map_err(backend)?,
-                    Status::parse(&status).map_err(backend)?,
-                    from_ts(created)?,
-                );
-                for (slot, p) in passwords.remove(&name).unwrap_or_default() {
-                    t.set_password(slot, Some(p));
-                }
-                t.revision = stored_revision(revision)?;
-                tokens.push(t);
-            }
-            let mut attributes = Vec::new();
-            let mut st = c.prepare("SELECT name, read_enabled, write_enabled, delete_enabled, list_enabled FROM repositories").map_err(backend)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, bool>(2)?, r.get::<_, bool>(3)?, r.get::<_, bool>(4)?))
-                })
-                .map_err(backend)?;
-            for row in rows {
-                let (name, read_enabled, write_enabled, delete_enabled, list_enabled) = row.map_err(backend)?;
-                let repo = RepoName::parse(&name).map_err(backend)?;
-                attributes.push((repo, Attributes { read_enabled, write_enabled, delete_enabled, list_enabled }));
-            }
-            let anonymous = c
-                .query_row("SELECT value FROM settings WHERE key = ?1", [ANONYMOUS_KEY], |r| r.get::<_, Vec<u8>>(0))
-                .optional()
-                .map_err(backend)?
-                .map(|v| {
-                    let name = String::from_utf8(v).map_err(backend)?;
-                    if name.is_empty() { Ok(None) } else { MapName::parse(&name).map(Some).map_err(backend) }
-                })
-                .transpose()?;
-            let mut api_keys = Vec::new();
-            let mut st = c.prepare("SELECT name, id, digest, scope_map, status, created_at, expires_at, revision FROM api_keys").map_err(backend)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, Option<i64>>(6)?,
-                        r.get::<_, i64>(7)?,
-                    ))
-                })
-                .map_err(backend)?;
-            for row in rows {
-                let (name, id, digest, map, status, created, expires, revision) = row.map_err(backend)?;
-                api_keys.push(ApiKey {
-                    name: KeyName::parse(&name).map_err(backend)?,
-                    id,
-                    digest: digest32(digest)?,
-                    scope_map: MapName::parse(&map).map_err(backend)?,
-                    status: Status::parse(&status).map_err(backend)?,
-                    created: from_ts(created)?,
-                    expiry: expires.map(from_ts).transpose()?,
-                    revision: stored_revision(revision)?,
-                });
-            }
-            Ok(PolicyRecords { epoch, maps, tokens, api_keys, attributes, anonymous })
+            let mut st = c.prepare_cached("SELECT DISTINCT kind, name FROM changes WHERE epoch > ?1 ORDER BY kind, name").map_err(backend)?;
+            let rows = st.query_map([rev(since)?], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(backend)?;
+            let changed = rows.map(|r| r.map_err(backend).and_then(|(k, n)| Changed::from_columns(&k, &n))).collect::<Result<Vec<_>, _>>()?;
+            read_changed(&mut Reader(c), epoch, changed).map(Some)
         })
     }
 
@@ -313,11 +236,11 @@ impl Store for SqliteStore {
     }
 
     fn create_scope_map(&self, map: &ScopeMap) -> Result<(), StoreError> {
-        self.with_tx(|tx| insert_map(tx, map))
+        self.with_tx(&[Changed::Map(map.name.clone())], |tx| insert_map(tx, map))
     }
 
     fn update_scope_map(&self, map: &ScopeMap) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&[Changed::Map(map.name.clone())], |tx| {
             let n = tx
                 .execute(
                     "UPDATE scope_maps SET description = ?2, revision = revision + 1 WHERE name = ?1 AND revision = ?3",
@@ -332,7 +255,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_scope_map(&self, name: &MapName) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&[Changed::Map(name.clone())], |tx| {
             for (table, what) in [("tokens", "token(s)"), ("api_keys", "API key(s)")] {
                 let users: Vec<String> = {
                     let mut st = tx.prepare(&format!("SELECT name FROM {table} WHERE scope_map = ?1 ORDER BY name LIMIT 5")).map_err(backend)?;
@@ -352,7 +275,7 @@ impl Store for SqliteStore {
     }
 
     fn create_token(&self, token: &Token, own_map: Option<&ScopeMap>) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&token_changes(token, own_map), |tx| {
             if let Some(m) = own_map {
                 insert_map(tx, m)?;
             }
@@ -370,7 +293,7 @@ impl Store for SqliteStore {
     }
 
     fn update_token(&self, token: &Token) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&[Changed::Token(token.name.clone())], |tx| {
             let n = tx
                 .execute(
                     "UPDATE tokens SET scope_map = ?2, status = ?3, revision = revision + 1 WHERE name = ?1 AND revision = ?4",
@@ -385,7 +308,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_token(&self, name: &TokenName) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&[Changed::Token(name.clone())], |tx| {
             let n = tx.execute("DELETE FROM tokens WHERE name = ?1", [name.as_str()]).map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("token {name}")));
@@ -395,7 +318,7 @@ impl Store for SqliteStore {
     }
 
     fn create_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&[Changed::ApiKey(k.name.clone())], |tx| {
             let n = tx
                 .execute(
                     "INSERT INTO api_keys (name, id, digest, scope_map, status, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -411,7 +334,7 @@ impl Store for SqliteStore {
     }
 
     fn update_api_key(&self, k: &ApiKey) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&[Changed::ApiKey(k.name.clone())], |tx| {
             let n = tx
                 .execute(
                     "UPDATE api_keys SET scope_map = ?2, status = ?3, expires_at = ?4, revision = revision + 1 WHERE name = ?1 AND revision = ?5",
@@ -426,7 +349,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_api_key(&self, name: &KeyName) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&[Changed::ApiKey(name.clone())], |tx| {
             let n = tx.execute("DELETE FROM api_keys WHERE name = ?1", [name.as_str()]).map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("API key {name}")));
@@ -436,7 +359,7 @@ impl Store for SqliteStore {
     }
 
     fn set_attributes(&self, repo: &RepoName, a: &Attributes) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&[Changed::Repository(repo.clone())], |tx| {
             if a.is_default() {
                 tx.execute("DELETE FROM repositories WHERE name = ?1", [repo.as_str()]).map_err(backend)?;
             } else {
@@ -454,7 +377,7 @@ impl Store for SqliteStore {
     }
 
     fn set_anonymous(&self, map: Option<&MapName>) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&[Changed::Anonymous], |tx| {
             let v = map.map(MapName::as_str).unwrap_or("");
             tx.execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2", params![ANONYMOUS_KEY, v.as_bytes()])
                 .map_err(backend)?;
@@ -516,7 +439,7 @@ impl Store for SqliteStore {
     }
 
     fn add_signing_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&[], |tx| {
             tx.execute("INSERT INTO signing_keys (pkcs8, created_at) VALUES (?1, ?2)", params![key.pkcs8, ts(key.created)]).map_err(backend)?;
             Ok(())
         })
@@ -527,11 +450,141 @@ impl Store for SqliteStore {
     }
 
     fn set_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.with_tx(|tx| {
+        self.with_tx(&[], |tx| {
             tx.execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2", params![key, value])
                 .map_err(backend)?;
             Ok(())
         })
+    }
+}
+
+/// Policy-record reads on one connection.
+struct Reader<'a>(&'a Connection);
+
+/// Runs `sql` (restricted to `only` when set) and maps each row.
+fn rows<T>(c: &Connection, sql: &str, only: Option<&str>, f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Result<Vec<T>, StoreError> {
+    let mut st = c.prepare_cached(sql).map_err(backend)?;
+    let out = st.query_map(rusqlite::params_from_iter(only), f).map_err(backend)?.collect::<Result<Vec<T>, _>>().map_err(backend);
+    out
+}
+
+impl RecordReader for Reader<'_> {
+    fn maps(&mut self, only: Option<&str>) -> Result<Vec<ScopeMap>, StoreError> {
+        let c = self.0;
+        let mut rules: BTreeMap<String, BTreeMap<RepoPattern, ActionSet>> = BTreeMap::new();
+        let sql = select("SELECT map, pattern, actions FROM scope_map_rules", "map", only, "?1");
+        for (map, pattern, actions) in rows(c, &sql, only, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))? {
+            let p = RepoPattern::parse(&pattern).map_err(backend)?;
+            rules.entry(map).or_default().insert(p, actions_parse(&actions)?);
+        }
+        let sql = select("SELECT name, description, created_at, revision FROM scope_maps", "name", only, "?1");
+        let found = rows(c, &sql, only, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))?;
+        found
+            .into_iter()
+            .map(|(name, description, created, revision)| {
+                let r = rules.remove(&name).unwrap_or_default();
+                let mut m = ScopeMap::new(MapName::parse(&name).map_err(backend)?, description, from_ts(created)?, r);
+                m.revision = stored_revision(revision)?;
+                Ok(m)
+            })
+            .collect()
+    }
+
+    fn tokens(&mut self, only: Option<&str>) -> Result<Vec<Token>, StoreError> {
+        let c = self.0;
+        let mut passwords: BTreeMap<String, Vec<(Slot, Password)>> = BTreeMap::new();
+        let sql = select("SELECT token, slot, id, digest, created_at, expires_at FROM token_passwords", "token", only, "?1");
+        let found = rows(c, &sql, only, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+            ))
+        })?;
+        for (token, slot, id, digest, created, expires) in found {
+            let slot = Slot::parse(&slot).ok_or_else(|| backend("bad slot in store"))?;
+            let expiry = expires.map(from_ts).transpose()?;
+            passwords.entry(token).or_default().push((slot, Password { id, digest: digest32(digest)?, created: from_ts(created)?, expiry }));
+        }
+        let sql = select("SELECT name, scope_map, status, created_at, revision FROM tokens", "name", only, "?1");
+        let found = rows(c, &sql, only, |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
+        })?;
+        found
+            .into_iter()
+            .map(|(name, map, status, created, revision)| {
+                let mut t = Token::new(
+                    TokenName::parse(&name).map_err(backend)?,
+                    MapName::parse(&map).map_err(backend)?,
+                    Status::parse(&status).map_err(backend)?,
+                    from_ts(created)?,
+                );
+                for (slot, p) in passwords.remove(&name).unwrap_or_default() {
+                    t.set_password(slot, Some(p));
+                }
+                t.revision = stored_revision(revision)?;
+                Ok(t)
+            })
+            .collect()
+    }
+
+    fn api_keys(&mut self, only: Option<&str>) -> Result<Vec<ApiKey>, StoreError> {
+        let sql = select("SELECT name, id, digest, scope_map, status, created_at, expires_at, revision FROM api_keys", "name", only, "?1");
+        let found = rows(self.0, &sql, only, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })?;
+        found
+            .into_iter()
+            .map(|(name, id, digest, map, status, created, expires, revision)| {
+                Ok(ApiKey {
+                    name: KeyName::parse(&name).map_err(backend)?,
+                    id,
+                    digest: digest32(digest)?,
+                    scope_map: MapName::parse(&map).map_err(backend)?,
+                    status: Status::parse(&status).map_err(backend)?,
+                    created: from_ts(created)?,
+                    expiry: expires.map(from_ts).transpose()?,
+                    revision: stored_revision(revision)?,
+                })
+            })
+            .collect()
+    }
+
+    fn attributes(&mut self, only: Option<&str>) -> Result<Vec<(RepoName, Attributes)>, StoreError> {
+        let sql = select("SELECT name, read_enabled, write_enabled, delete_enabled, list_enabled FROM repositories", "name", only, "?1");
+        let found = rows(self.0, &sql, only, |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, bool>(2)?, r.get::<_, bool>(3)?, r.get::<_, bool>(4)?))
+        })?;
+        found
+            .into_iter()
+            .map(|(name, read_enabled, write_enabled, delete_enabled, list_enabled)| {
+                Ok((RepoName::parse(&name).map_err(backend)?, Attributes { read_enabled, write_enabled, delete_enabled, list_enabled }))
+            })
+            .collect()
+    }
+
+    fn anonymous(&mut self) -> Result<StoredAnonymous, StoreError> {
+        self.0
+            .query_row("SELECT value FROM settings WHERE key = ?1", [ANONYMOUS_KEY], |r| r.get::<_, Vec<u8>>(0))
+            .optional()
+            .map_err(backend)?
+            .map(|v| {
+                let name = String::from_utf8(v).map_err(backend)?;
+                if name.is_empty() { Ok(None) } else { MapName::parse(&name).map(Some).map_err(backend) }
+            })
+            .transpose()
     }
 }
 
@@ -554,7 +607,11 @@ fn missing_or_stale(tx: &Transaction<'_>, table: &str, name: &str, what: String)
 }
 
 fn read_epoch(c: &Connection) -> Result<u64, StoreError> {
-    let v: i64 = c.query_row("SELECT CAST(value AS INTEGER) FROM settings WHERE key = 'epoch'", [], |r| r.get(0)).map_err(backend)?;
+    read_u64_setting(c, "epoch")
+}
+
+fn read_u64_setting(c: &Connection, key: &str) -> Result<u64, StoreError> {
+    let v: i64 = c.query_row("SELECT CAST(value AS INTEGER) FROM settings WHERE key = ?1", [key], |r| r.get(0)).map_err(backend)?;
     u64::try_from(v).map_err(backend)
 }
 
@@ -626,5 +683,102 @@ mod tests {
         s.delete_token(&t.name).unwrap();
         s.delete_scope_map(&MapName::parse("m1").unwrap()).unwrap();
         assert!(matches!(s.delete_token(&t.name), Err(StoreError::NotFound(_))));
+    }
+
+    fn full(s: &SqliteStore) -> crate::policy::Policy {
+        let r = s.load().unwrap();
+        crate::policy::Policy::new(r.epoch, r.maps, r.tokens, r.anonymous.flatten()).with_api_keys(r.api_keys).with_attributes(r.attributes)
+    }
+
+    fn key(name: &str, digest: u8) -> ApiKey {
+        ApiKey {
+            name: KeyName::parse(name).unwrap(),
+            id: format!("id-{name}"),
+            digest: [digest; 32],
+            scope_map: MapName::parse("m1").unwrap(),
+            status: Status::Enabled,
+            created: OffsetDateTime::UNIX_EPOCH,
+            expiry: None,
+            revision: 0,
+        }
+    }
+
+    #[test]
+    fn a_patched_snapshot_equals_a_full_load_after_every_kind_of_write() {
+        let s = SqliteStore::in_memory().unwrap();
+        let mut p = full(&s);
+        let token = |status| Token::new(TokenName::parse("t1").unwrap(), MapName::parse("m1").unwrap(), status, OffsetDateTime::UNIX_EPOCH);
+        let repo = RepoName::parse("samples/app").unwrap();
+        let locked = Attributes { write_enabled: false, ..Attributes::default() };
+        type Write = Box<dyn Fn(&SqliteStore)>;
+        let writes: Vec<(&str, Write)> = vec![
+            ("create map", Box::new(|s| s.create_scope_map(&map("m1")).unwrap())),
+            ("create token with its own map", Box::new(move |s| s.create_token(&token(Status::Enabled), Some(&map("t1-scope-map"))).unwrap())),
+            ("update token", Box::new(move |s| {
+                let mut t = token(Status::Disabled);
+                t.revision = 1;
+                s.update_token(&t).unwrap();
+            })),
+            ("create API key", Box::new(|s| s.create_api_key(&key("k1", 1)).unwrap())),
+            ("update API key", Box::new(|s| s.update_api_key(&ApiKey { status: Status::Disabled, revision: 1, ..key("k1", 1) }).unwrap())),
+            ("delete API key", Box::new(|s| s.delete_api_key(&KeyName::parse("k1").unwrap()).unwrap())),
+            ("new API key with the old digest", Box::new(|s| s.create_api_key(&key("k2", 1)).unwrap())),
+            ("lock a repository", Box::new(move |s| s.set_attributes(&repo, &locked).unwrap())),
+            ("unlock it", Box::new(|s| s.set_attributes(&RepoName::parse("samples/app").unwrap(), &Attributes::default()).unwrap())),
+            ("anonymous on", Box::new(|s| s.set_anonymous(Some(&MapName::parse("m1").unwrap())).unwrap())),
+            ("anonymous off", Box::new(|s| s.set_anonymous(None).unwrap())),
+            ("edit map rules", Box::new(|s| {
+                let mut m = map("m1");
+                m.revision = 1;
+                m.add(RepoPattern::parse("other").unwrap(), ActionSet::of(&[Action::ContentWrite]));
+                s.update_scope_map(&m).unwrap();
+            })),
+            ("setting only", Box::new(|s| s.set_setting("x", b"y").unwrap())),
+            ("delete token", Box::new(|s| s.delete_token(&TokenName::parse("t1").unwrap()).unwrap())),
+            ("delete its map", Box::new(|s| s.delete_scope_map(&MapName::parse("t1-scope-map").unwrap()).unwrap())),
+        ];
+        for (what, write) in writes {
+            write(&s);
+            let changes = s.changes_since(p.epoch).unwrap().unwrap_or_else(|| panic!("{what}: the change log must cover one write"));
+            p = p.patched(changes, None);
+            assert_eq!(p, full(&s), "after {what}");
+        }
+        // several writes at once come as one set of changes, each record once
+        let since = p.epoch;
+        for _ in 0..3 {
+            s.set_attributes(&RepoName::parse("samples/app").unwrap(), &Attributes { read_enabled: false, ..Attributes::default() }).unwrap();
+            s.set_attributes(&RepoName::parse("samples/app").unwrap(), &Attributes::default()).unwrap();
+        }
+        let c = s.changes_since(since).unwrap().unwrap();
+        assert_eq!((c.epoch, c.attributes.len(), c.maps.len() + c.tokens.len() + c.api_keys.len()), (since + 6, 1, 0));
+        assert_eq!(p.patched(c, None), full(&s));
+    }
+
+    #[test]
+    fn a_reader_behind_the_change_log_is_told_to_load_everything() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.create_scope_map(&map("m1")).unwrap();
+        let start = s.epoch().unwrap();
+        for i in 0..CHANGE_LOG_SPAN {
+            let a = Attributes { read_enabled: i % 2 == 0, ..Attributes::default() };
+            s.set_attributes(&RepoName::parse("samples/app").unwrap(), &a).unwrap();
+        }
+        assert!(s.changes_since(start).unwrap().is_some(), "exactly the span is still covered");
+        s.set_attributes(&RepoName::parse("samples/app").unwrap(), &Attributes::default()).unwrap();
+        assert!(s.changes_since(start).unwrap().is_none(), "one write more and it is not");
+        // the log is pruned as it goes
+        let rows: i64 = s.read(|c| c.query_row("SELECT COUNT(*) FROM changes", [], |r| r.get(0)).map_err(backend)).unwrap();
+        assert_eq!(u64::try_from(rows).unwrap(), CHANGE_LOG_SPAN);
+        // an epoch the store has not reached (a database restored from an older backup)
+        assert!(s.changes_since(s.epoch().unwrap() + 1).unwrap().is_none());
+    }
+
+    #[test]
+    fn writes_before_the_change_log_existed_are_never_patched_over() {
+        // a database created before the change log: its log starts at the epoch it had then
+        assert!(!log_covers(4, 5, 9));
+        assert!(log_covers(5, 5, 9));
+        assert!(log_covers(9, 5, 9));
+        assert!(!log_covers(10, 5, 9));
     }
 }
