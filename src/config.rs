@@ -150,6 +150,37 @@ pub struct RawLimits {
     pub tags_max_n: u32,
     pub manifest_max_bytes: u64,
     pub upstream_connect_timeout_secs: u64,
+    /// Largest request head (request line and headers) on the public listener.
+    pub max_header_bytes: usize,
+    /// Most headers one request may carry.
+    pub max_headers: usize,
+    /// Time a client has to send a request head, once it starts one.
+    pub header_read_timeout_secs: u64,
+    /// Connections the public listener serves at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    pub failed_logins: RawFailedLogins,
+}
+
+/// Failed logins (Basic credentials, at `/token` or on `/v2`) slow down and then lock out
+/// the token name and the client address they came with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFailedLogins {
+    pub enabled: bool,
+    /// Failures within the window before each further one costs a growing wait.
+    pub delay_after: u32,
+    /// Failures within the window that lock the name or address out.
+    pub lockout_after: u32,
+    pub window_secs: u64,
+    pub lockout_secs: u64,
+    /// The longest wait before the lockout.
+    pub max_delay_secs: u64,
+}
+
+impl Default for RawFailedLogins {
+    fn default() -> Self {
+        RawFailedLogins { enabled: true, delay_after: 5, lockout_after: 20, window_secs: 900, lockout_secs: 900, max_delay_secs: 60 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -238,7 +269,17 @@ impl Default for RawToken {
 
 impl Default for RawLimits {
     fn default() -> Self {
-        RawLimits { catalog_max_n: 1000, tags_max_n: 1000, manifest_max_bytes: 4 * 1024 * 1024, upstream_connect_timeout_secs: 5 }
+        RawLimits {
+            catalog_max_n: 1000,
+            tags_max_n: 1000,
+            manifest_max_bytes: 4 * 1024 * 1024,
+            upstream_connect_timeout_secs: 5,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout_secs: 15,
+            max_connections: 4096,
+            failed_logins: RawFailedLogins::default(),
+        }
     }
 }
 
@@ -303,6 +344,22 @@ pub struct Limits {
     pub page: PageLimits,
     pub manifest_max_bytes: u64,
     pub upstream_connect_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    /// `None`: failed logins are not throttled.
+    pub failed_logins: Option<FailedLogins>,
+}
+
+/// See [`RawFailedLogins`]; validated (`delay_after < lockout_after`, times at least 1 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailedLogins {
+    pub delay_after: u32,
+    pub lockout_after: u32,
+    pub window_secs: i64,
+    pub lockout_secs: i64,
+    pub max_delay_secs: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -511,6 +568,38 @@ impl RawConfig {
         if l.manifest_max_bytes == 0 {
             return Err(invalid("limits.manifest_max_bytes", "must be at least 1"));
         }
+        // within the read buffer (about 400 KiB), and room for a client's usual headers
+        if !(4096..=256 * 1024).contains(&l.max_header_bytes) {
+            return Err(invalid("limits.max_header_bytes", "must be between 4096 and 262144"));
+        }
+        if l.max_headers == 0 || l.max_headers > 1000 {
+            return Err(invalid("limits.max_headers", "must be between 1 and 1000"));
+        }
+        if l.header_read_timeout_secs == 0 {
+            return Err(invalid("limits.header_read_timeout_secs", "must be at least 1"));
+        }
+        if l.max_connections == 0 || l.max_connections > 1_000_000 {
+            return Err(invalid("limits.max_connections", "must be between 1 and 1000000"));
+        }
+        let failed_logins = match &l.failed_logins {
+            f if !f.enabled => None,
+            f => {
+                if f.delay_after == 0 || f.delay_after >= f.lockout_after {
+                    return Err(invalid("limits.failed_logins", "needs 1 <= delay_after < lockout_after"));
+                }
+                let secs = |field: &'static str, v: u64| match i64::try_from(v) {
+                    Ok(v) if (1..=86_400 * 365).contains(&v) => Ok(v),
+                    _ => Err(invalid(field, "must be between 1 second and a year")),
+                };
+                Some(FailedLogins {
+                    delay_after: f.delay_after,
+                    lockout_after: f.lockout_after,
+                    window_secs: secs("limits.failed_logins.window_secs", f.window_secs)?,
+                    lockout_secs: secs("limits.failed_logins.lockout_secs", f.lockout_secs)?,
+                    max_delay_secs: secs("limits.failed_logins.max_delay_secs", f.max_delay_secs)?,
+                })
+            }
+        };
         let log_format = match self.log.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -559,6 +648,11 @@ impl RawConfig {
                 page: PageLimits { catalog_max_n: l.catalog_max_n, tags_max_n: l.tags_max_n },
                 manifest_max_bytes: l.manifest_max_bytes,
                 upstream_connect_timeout: Duration::from_secs(l.upstream_connect_timeout_secs.max(1)),
+                max_header_bytes: l.max_header_bytes,
+                max_headers: l.max_headers,
+                header_read_timeout: Duration::from_secs(l.header_read_timeout_secs),
+                max_connections: l.max_connections,
+                failed_logins,
             },
             log_format,
             log_level: self.log.level,

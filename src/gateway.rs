@@ -12,7 +12,8 @@
 //! recorded once, at the end: one metrics update and one audit line per request.
 //! This module holds no policy of its own.
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -77,10 +78,10 @@ where
     let path = req.uri().path();
     state.metrics.in_flight.inc();
     let (mut resp, trace) = if path == "/token" {
-        token(&state, &rt, req).await
+        token(&state, &rt, req, peer.ip()).await
     } else if path == "/v2" || path.starts_with("/v2/") || path.starts_with(route::REPOSITORY_API) {
         let mut trace = Trace::new("unrouted");
-        let mut resp = match registry(&state, &rt, req, &mut trace).await {
+        let mut resp = match registry(&state, &rt, req, peer.ip(), &mut trace).await {
             Ok(r) => r,
             Err(r) => {
                 trace.outcome = match (trace.outcome, r.fault) {
@@ -137,7 +138,41 @@ fn record(state: &State, rt: &Runtime, id: &str, peer: SocketAddr, method: &Meth
     });
 }
 
-async fn token<B>(state: &State, rt: &Runtime, req: Request<B>) -> (Response<Body>, Trace)
+/// Runs `attempt` under the failed-login throttle when `login` is a Basic login (see
+/// `Credential::basic_login`); `failed` says whether its result is a failed login. A caller
+/// who must wait is refused with 429 before the attempt is looked at.
+async fn throttled<T>(
+    state: &State,
+    rt: &Runtime,
+    login: Option<Option<&str>>,
+    client: IpAddr,
+    attempt: impl Future<Output = T>,
+    failed: impl Fn(&T) -> bool,
+) -> Result<T, Rejection> {
+    let (Some(name), Some(limits)) = (login, rt.config.limits.failed_logins.as_ref()) else { return Ok(attempt.await) };
+    let now = state.clock.now().unix_timestamp();
+    if let Err(th) = state.login_throttle.check(limits, name, client, now) {
+        state.metrics.logins_throttled.with_label_values(&[th.by]).inc();
+        let what = match (th.by, name) {
+            ("token", Some(n)) => format!("token {n}"),
+            _ => format!("address {client}"),
+        };
+        let state_word = if th.locked_out { "locked out" } else { "slowed down" };
+        return Err(Rejection::too_many_requests(
+            th.retry_after,
+            format!("too many failed logins: {what} is {state_word}; retry after {} s", th.retry_after),
+        ));
+    }
+    let out = attempt.await;
+    if failed(&out) {
+        state.login_throttle.failed(limits, name, client, now);
+    } else {
+        state.login_throttle.succeeded(name);
+    }
+    Ok(out)
+}
+
+async fn token<B>(state: &State, rt: &Runtime, req: Request<B>, client: IpAddr) -> (Response<Body>, Trace)
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -145,8 +180,19 @@ where
     let mut t = Trace::new("token");
     let credential = Credential::extract(req.headers());
     t.credential = credential.as_ref().map(Credential::kind).unwrap_or(CredentialKind::None);
+    let login = credential.as_ref().ok().and_then(Credential::basic_login).map(|n| n.map(str::to_owned));
     let policy = state.policy();
-    match crate::token::handle(req, credential, &policy, &rt.auth, &rt.config.token, state.clock.now()).await {
+    let attempt = crate::token::handle(req, credential, &policy, &rt.auth, &rt.config.token, state.clock.now());
+    let login_failed = |r: &Result<_, Rejection>| r.as_ref().is_err_and(|e| e.status == http::StatusCode::UNAUTHORIZED);
+    let result = match throttled(state, rt, login.as_ref().map(Option::as_deref), client, attempt, login_failed).await {
+        Ok(r) => r,
+        Err(r) => {
+            t.outcome = Outcome::Denied;
+            t.reason = Some(r.message.to_string());
+            return (r.to_response(&rt.realm, &rt.config.token.service), t);
+        }
+    };
+    match result {
         Ok((resp, issued)) => {
             t.outcome = Outcome::Allowed;
             t.credential = issued.credential;
@@ -162,7 +208,7 @@ where
     }
 }
 
-async fn registry<B>(state: &Arc<State>, rt: &Runtime, req: Request<B>, t: &mut Trace) -> Result<Response<Body>, Rejection>
+async fn registry<B>(state: &Arc<State>, rt: &Runtime, req: Request<B>, client: IpAddr, t: &mut Trace) -> Result<Response<Body>, Rejection>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -190,7 +236,11 @@ where
     let credential = Credential::extract(req.headers()).map_err(|f| Rejection::auth_failed(f, need.hints()))?;
     t.credential = credential.kind();
     let policy = state.policy();
-    let principal = rt.auth.authenticate(&credential, &policy, state.clock.now()).await.map_err(|f| Rejection::auth_failed(f, need.hints()))?;
+    let attempt = rt.auth.authenticate(&credential, &policy, state.clock.now());
+    let principal = throttled(state, rt, credential.basic_login(), client, attempt, Result::is_err)
+        .await
+        .inspect_err(|_| t.outcome = Outcome::Denied)?
+        .map_err(|f| Rejection::auth_failed(f, need.hints()))?;
     t.credential = principal.credential;
     t.subject = subject_name(&principal.subject);
     let grant = policy.decide(&principal, need).map_err(|d| {

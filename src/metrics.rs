@@ -76,6 +76,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// kind (full | incremental)
     pub policy_reloads: IntCounterVec,
+    /// by (token | address)
+    pub logins_throttled: IntCounterVec,
+    pub connections_open: IntGauge,
     /// kind (full | incremental)
     pub policy_reload_seconds: HistogramVec,
 }
@@ -113,6 +116,12 @@ impl Metrics {
                 "Policy snapshots rebuilt after a change: full (every record read) or incremental (only the changed records).",
                 &["kind"],
             )?,
+            logins_throttled: counter(
+                "logins_throttled_total",
+                "Login attempts answered 429 because of earlier failures, by the counter that stopped them.",
+                &["by"],
+            )?,
+            connections_open: IntGauge::new("connections_open", "Connections open on the public listener.")?,
             policy_reload_seconds: HistogramVec::new(
                 HistogramOpts::new("policy_reload_duration_seconds", "Time to read the store and build a new policy snapshot.")
                     .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
@@ -121,10 +130,11 @@ impl Metrics {
             registry,
             process: Registry::new(),
         };
-        for c in [&m.requests, &m.token_requests, &m.credential_cache, &m.upstream_responses, &m.bytes, &m.config_reloads, &m.policy_reloads] {
+        for c in [&m.requests, &m.token_requests, &m.credential_cache, &m.upstream_responses, &m.bytes, &m.config_reloads, &m.policy_reloads, &m.logins_throttled] {
             m.registry.register(Box::new(c.clone()))?;
         }
         m.registry.register(Box::new(m.in_flight.clone()))?;
+        m.registry.register(Box::new(m.connections_open.clone()))?;
         m.registry.register(Box::new(m.upstream_seconds.clone()))?;
         m.registry.register(Box::new(m.policy_reload_seconds.clone()))?;
         m.registry.register(Box::new(m.audit_dropped.clone()))?;

@@ -41,6 +41,7 @@ pub enum Code {
     Conflict,
     InvalidRequest,
     Unavailable,
+    TooManyRequests,
     Unknown,
 }
 
@@ -60,6 +61,7 @@ impl Code {
             Code::Conflict => "CONFLICT",
             Code::InvalidRequest => "INVALID_REQUEST",
             Code::Unavailable => "UNAVAILABLE",
+            Code::TooManyRequests => "TOOMANYREQUESTS",
             Code::Unknown => "UNKNOWN",
         }
     }
@@ -89,11 +91,13 @@ pub struct Rejection {
     pub challenge: Option<Challenge>,
     /// `Allow` for a 405.
     pub allow: Option<&'static str>,
+    /// `Retry-After` (seconds) for a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl Rejection {
     fn new(status: StatusCode, code: Code, fault: Fault, message: impl Into<Cow<'static, str>>) -> Self {
-        Rejection { status, code, message: message.into(), fault, challenge: None, allow: None }
+        Rejection { status, code, message: message.into(), fault, challenge: None, allow: None, retry_after: None }
     }
 
     /// The client sent something malformed.
@@ -140,6 +144,13 @@ impl Rejection {
         Self::new(StatusCode::CONFLICT, Code::Conflict, Fault::Client, message)
     }
 
+    /// 429: the caller must wait `retry_after` seconds.
+    pub fn too_many_requests(retry_after: u64, message: impl Into<Cow<'static, str>>) -> Self {
+        let mut r = Self::new(StatusCode::TOO_MANY_REQUESTS, Code::TooManyRequests, Fault::Client, message);
+        r.retry_after = Some(retry_after);
+        r
+    }
+
     /// The upstream answered badly or the connection broke (502).
     pub fn bad_gateway(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, Code::Unavailable, Fault::Upstream, message)
@@ -175,6 +186,9 @@ impl Rejection {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(allow) = self.allow {
             h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(ch) = &self.challenge {
             if let Ok(v) = HeaderValue::from_str(&challenge_header(ch, realm, service)) {

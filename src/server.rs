@@ -248,13 +248,34 @@ pub async fn start_with_store(
     // the admin listener (and its /readyz answering "draining") stays up until the public
     // listener stops accepting
     let (public_closed, admin_stop) = watch::channel(false);
-    tasks.push(tokio::spawn(serve(public, acceptor, stopped.clone(), grace, Drain::WhenQuiet, Some(public_closed), move |req, peer| {
+    let s0 = Arc::clone(&state);
+    let public = Listening {
+        listener: public,
+        tls: acceptor,
+        stop: stopped.clone(),
+        grace,
+        drain: Drain::WhenQuiet,
+        closed: Some(public_closed),
+        limits: move || ConnectionLimits::of(&s0.runtime().config.limits),
+        open: Some(state.metrics.connections_open.clone()),
+    };
+    tasks.push(tokio::spawn(serve(public, move |req, peer| {
         let s = Arc::clone(&s1);
         async move { crate::gateway::handle(s, req, peer).await }
     })));
     let s2 = Arc::clone(&state);
     drop(stopped);
-    tasks.push(tokio::spawn(serve(admin, None, admin_stop, grace, Drain::Immediately, None, move |req, _peer| {
+    let admin = Listening {
+        listener: admin,
+        tls: None,
+        stop: admin_stop,
+        grace,
+        drain: Drain::Immediately,
+        closed: None,
+        limits: || ConnectionLimits { max_connections: 256, max_header_bytes: 64 * 1024, max_headers: 100, header_read_timeout: Duration::from_secs(15) },
+        open: None,
+    };
+    tasks.push(tokio::spawn(serve(admin, move |req, _peer| {
         let s = Arc::clone(&s2);
         async move { crate::admin::handle(s, req).await }
     })));
@@ -321,6 +342,41 @@ const DRAIN_IDLE_CLOSE: Duration = Duration::from_secs(2);
 /// until it is done; new work stops arriving because `/readyz` already says no.
 const DRAIN_QUIET: Duration = Duration::from_secs(2);
 
+/// What one connection may cost: read per accepted connection, so a configuration
+/// reload applies to the connections that follow it.
+#[derive(Clone, Copy, Debug)]
+struct ConnectionLimits {
+    max_connections: usize,
+    max_header_bytes: usize,
+    max_headers: usize,
+    header_read_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    fn of(l: &crate::config::Limits) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: l.max_connections,
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+            header_read_timeout: l.header_read_timeout,
+        }
+    }
+}
+
+/// One listener and how it is served.
+struct Listening<L> {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+    drain: Drain,
+    /// Told when the listener stops accepting.
+    closed: Option<watch::Sender<bool>>,
+    limits: L,
+    /// Counts open connections.
+    open: Option<prometheus::IntGauge>,
+}
+
 /// Whether a listener keeps accepting while draining.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Drain {
@@ -348,19 +404,18 @@ impl Activity {
 /// [`DRAIN_QUIET`] and none is in flight (a push is a conversation of many requests, on as
 /// many connections); then it stops accepting, closes each open connection once it has
 /// been idle for a moment, and after `grace` closes whatever is still open.
-async fn serve<H, F>(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
-    drain: Drain,
-    closed: Option<watch::Sender<bool>>,
-    handler: H,
-) where
+async fn serve<L, H, F>(l: Listening<L>, handler: H)
+where
+    L: Fn() -> ConnectionLimits,
     H: Fn(hyper::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     use std::sync::atomic::Ordering;
+    let Listening { listener, tls, mut stop, grace, drain, closed, limits, open } = l;
+    // a connection's task holds one of these while it runs; at the limit, accepting waits
+    // (further clients queue in the kernel's backlog) until one ends
+    let slots = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut granted = 0usize;
     let epoch = std::time::Instant::now();
     let mut deadline: Option<tokio::time::Instant> = None;
     // requests on this listener, across connections
@@ -376,6 +431,28 @@ async fn serve<H, F>(
                 break;
             }
         }
+        let now_limits = limits();
+        // grow the pool to the configured limit (shrinking waits for connections to end)
+        if granted < now_limits.max_connections {
+            slots.add_permits(now_limits.max_connections - granted);
+            granted = now_limits.max_connections;
+        } else if granted > now_limits.max_connections {
+            let surplus = granted - now_limits.max_connections;
+            granted -= slots.forget_permits(surplus);
+        }
+        let slot = tokio::select! {
+            s = Arc::clone(&slots).acquire_owned() => s.ok(),
+            () = tokio::time::sleep(Duration::from_millis(100)), if draining => continue,
+            () = stopped(&mut stop), if !draining => None,
+        };
+        let Some(slot) = slot else {
+            if !draining && *stop.borrow() {
+                draining = true;
+                deadline = Some(tokio::time::Instant::now() + grace);
+                all.last_ms.fetch_max(Activity::now_ms(epoch), Ordering::Relaxed);
+            }
+            continue;
+        };
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(100)), if draining => continue,
             accepted = listener.accept() => {
@@ -409,9 +486,17 @@ async fn serve<H, F>(
                 });
                 let tls = tls.clone();
                 let stop = stop.clone();
+                let gauge = open.clone();
                 connections.spawn(async move {
+                    let _slot = slot;
+                    let _open = gauge.map(OpenConnection::new);
                     let mut builder = http1::Builder::new();
-                    builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
+                    builder
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(now_limits.header_read_timeout)
+                        .max_header_size(now_limits.max_header_bytes)
+                        .max_headers(now_limits.max_headers)
+                        .keep_alive(true);
                     let result = match tls {
                         None => drain_aware(builder.serve_connection(TokioIo::new(stream), svc), stop, &activity, epoch).await,
                         Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
@@ -446,6 +531,22 @@ async fn serve<H, F>(
     if drained.is_err() {
         warn!(grace_secs = grace.as_secs(), still_open = connections.len(), "shutdown grace period over; closing the connections still open");
         connections.abort_all();
+    }
+}
+
+/// Counts a connection in the open-connections gauge while it lives.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(g: prometheus::IntGauge) -> Self {
+        g.inc();
+        OpenConnection(g)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -64,6 +64,8 @@ pub struct State {
     pub keys: Arc<KeySet>,
     /// Untags run one at a time (they may delete and restore a manifest).
     pub untag_lock: tokio::sync::Mutex<()>,
+    /// Failed-login counters (they outlive configuration reloads).
+    pub login_throttle: crate::auth::throttle::LoginThrottle,
     /// Set when shutdown begins: `/readyz` then says no, so traffic moves elsewhere.
     pub draining: std::sync::atomic::AtomicBool,
     /// Unix time (gateway clock) the store started failing, 0 while it answers; decisions
@@ -99,6 +101,7 @@ impl State {
             metrics,
             keys,
             untag_lock: tokio::sync::Mutex::new(()),
+            login_throttle: crate::auth::throttle::LoginThrottle::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             failing_since: std::sync::atomic::AtomicI64::new(0),
             policy,

@@ -760,3 +760,136 @@ async fn readiness_follows_the_registry() {
     assert!(r.json()["upstream"].as_str().unwrap().contains("unreachable"), "{}", r.text());
     assert_eq!(h.request("GET", &format!("http://{}/healthz", h.gw.admin_addr), &[], b"").await.status, StatusCode::OK);
 }
+
+// === abuse limits (time is moved, never slept) ===
+
+async fn limited(f: impl FnOnce(&mut scopegate::config::RawConfig)) -> Harness {
+    Harness::start_configured(support::FakeRegistry::start().await, tempfile::tempdir().unwrap(), f).await
+}
+
+#[tokio::test]
+async fn failed_logins_slow_down_then_lock_out_with_429_even_for_the_right_password() {
+    let h = limited(|raw| {
+        let f = &mut raw.limits.failed_logins;
+        (f.delay_after, f.lockout_after, f.max_delay_secs, f.lockout_secs) = (2, 4, 60, 600);
+    })
+    .await;
+    let pw = h.token("ci", &[("team/app", &["content/read"])]).await;
+    let target = "/v2/team/app/manifests/v1";
+    let wrong = basic("ci", "not-the-password");
+    let right = basic("ci", &pw);
+    assert_eq!(h.v2("GET", target, &[("authorization", &wrong)]).await.status, StatusCode::UNAUTHORIZED);
+    // the second failure starts the waiting: 1 s, answered before any check of the password
+    assert_eq!(h.v2("GET", target, &[("authorization", &wrong)]).await.status, StatusCode::UNAUTHORIZED);
+    h.upstream.clear();
+    for auth in [&wrong, &right] {
+        let r = h.v2("GET", target, &[("authorization", auth)]).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+        assert_eq!(r.header("retry-after"), "1");
+        assert_eq!(r.json()["errors"][0]["code"], "TOOMANYREQUESTS");
+        assert!(r.text().contains("token ci is slowed down"), "{}", r.text());
+    }
+    // the token endpoint shares the count
+    let r = h.v2("GET", "/token?service=scopegate&scope=repository:team/app:pull", &[("authorization", &right)]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    h.gw.state.clock.advance(std::time::Duration::from_secs(1));
+    assert_eq!(h.v2("GET", "/token?service=scopegate", &[("authorization", &wrong)]).await.status, StatusCode::UNAUTHORIZED);
+    h.gw.state.clock.advance(std::time::Duration::from_secs(2));
+    assert_eq!(h.v2("GET", target, &[("authorization", &wrong)]).await.status, StatusCode::UNAUTHORIZED);
+    // the fourth failure locks the name out, from every address, for lockout_secs
+    let r = h.v2("GET", target, &[("authorization", &right)]).await;
+    assert_eq!((r.status, r.header("retry-after")), (StatusCode::TOO_MANY_REQUESTS, "600"));
+    assert!(r.text().contains("locked out"), "{}", r.text());
+    assert!(h.upstream.seen().is_empty(), "a throttled request reached the registry: {:?}", h.upstream.seen());
+    h.gw.state.clock.advance(std::time::Duration::from_secs(600));
+    assert_eq!(h.v2("GET", target, &[("authorization", &right)]).await.status, StatusCode::OK);
+    let m = h.request("GET", &format!("http://{}/metrics", h.gw.admin_addr), &[], b"").await.text();
+    assert!(m.contains("scopegate_logins_throttled_total{by=\"token\"} 4"), "{m}");
+}
+
+#[tokio::test]
+async fn unknown_token_names_are_throttled_like_real_ones() {
+    let mut answers = Vec::new();
+    for user in ["ci", "nobody"] {
+        let h = limited(|raw| {
+            let f = &mut raw.limits.failed_logins;
+            (f.delay_after, f.lockout_after) = (1, 3);
+        })
+        .await;
+        h.token("ci", &[("team/app", &["content/read"])]).await;
+        let auth = basic(user, "guess");
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let r = h.v2("GET", "/token?service=scopegate", &[("authorization", &auth)]).await;
+            seen.push((r.status, r.header("retry-after").to_owned(), r.json()["errors"][0]["message"].as_str().unwrap().replace(user, "NAME")));
+            h.gw.state.clock.advance(std::time::Duration::from_secs(1));
+        }
+        answers.push(seen);
+    }
+    assert_eq!(answers[0], answers[1]);
+    let statuses: Vec<StatusCode> = answers[0].iter().map(|a| a.0).collect();
+    assert_eq!(statuses, [StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS, StatusCode::UNAUTHORIZED]);
+}
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_get_431_and_reach_nothing() {
+    let h = limited(|raw| raw.limits.max_headers = 20).await;
+    let many: String = (0..25).map(|i| format!("X-Filler-{i}: v\r\n")).collect();
+    let (code, text) = h.raw(format!("GET /v2/ HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n").as_bytes()).await;
+    assert_eq!(code, 431, "{text}");
+    let big = "a".repeat(70 * 1024);
+    let (code, text) = h.raw(format!("GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    assert_eq!(code, 431, "{text}");
+    assert!(h.upstream.seen().is_empty());
+    // within the limits, the same request is served
+    let (code, _) = h.raw(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Filler: v\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(code, 401);
+}
+
+#[tokio::test]
+async fn a_slow_request_head_is_cut_off_at_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = limited(|raw| raw.limits.header_read_timeout_secs = 1).await;
+    let mut s = tokio::net::TcpStream::connect(h.gw.public_addr).await.unwrap();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    // the gateway ends the connection; the bound only keeps a broken build from hanging
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the connection was still open after 10 s");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "closed before the timeout: {:?}", started.elapsed());
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    // a connection that never sends a byte is cut off the same way
+    let mut idle = tokio::net::TcpStream::connect(h.gw.public_addr).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), idle.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the silent connection was still open after 10 s");
+    assert!(h.upstream.seen().is_empty());
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = limited(|raw| raw.limits.max_connections = 2).await;
+    let request = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(h.gw.public_addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 401");
+        held.push(s);
+    }
+    // a third client is queued, not served
+    let mut third = tokio::net::TcpStream::connect(h.gw.public_addr).await.unwrap();
+    third.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 12];
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(500), third.read_exact(&mut buf)).await.is_err(), "served over the limit");
+    let m = h.request("GET", &format!("http://{}/metrics", h.gw.admin_addr), &[], b"").await.text();
+    assert!(m.contains("scopegate_connections_open 2"), "{m}");
+    drop(held.pop());
+    tokio::time::timeout(std::time::Duration::from_secs(10), third.read_exact(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 401");
+}

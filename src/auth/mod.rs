@@ -10,6 +10,7 @@
 //! and it never logs or echoes a secret. Unknown user and wrong password fail identically.
 
 pub mod external;
+pub mod throttle;
 pub mod secret;
 
 use std::borrow::Cow;
@@ -67,6 +68,16 @@ impl Credential {
             Ok(Credential::Bearer(Secret::new(rest.to_owned())))
         } else {
             Err(AuthFailure::new(false, "unsupported authorization scheme (use Basic or Bearer)"))
+        }
+    }
+
+    /// For a Basic login (what the failed-login throttle counts): the token name it names,
+    /// or `None` for an API key or a JWT presented as a password. `None` overall for any
+    /// other credential.
+    pub fn basic_login(&self) -> Option<Option<&str>> {
+        match self {
+            Credential::Basic { username, .. } => Some((login_kind(username) == CredentialKind::Basic).then_some(username.as_str())),
+            Credential::None | Credential::Bearer(_) => None,
         }
     }
 

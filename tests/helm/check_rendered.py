@@ -99,7 +99,8 @@ ALLOWED_CONFIG = {
     "log": {"format", "level"},
     "audit": {"output"},
     "anonymous": {"scope_map"},
-    "limits": {"catalog_max_n", "tags_max_n", "manifest_max_bytes", "upstream_connect_timeout_secs"},
+    "limits": {"catalog_max_n", "tags_max_n", "manifest_max_bytes", "upstream_connect_timeout_secs", "max_header_bytes", "max_headers",
+               "header_read_timeout_secs", "max_connections", "failed_logins"},
 }
 CONFIG_PATH = "/etc/scopegate/config/scopegate.yaml"
 
@@ -350,6 +351,8 @@ def expect_standalone(v):
     eg = nps["scopegate"]["spec"]
     check("Egress" in eg["policyTypes"] and len(eg["egress"]) == 2, "standalone: egress limited to DNS and the registry")
     check("SCOPEGATE_DATABASE_URL" not in env, "standalone: no database")
+    check(cfg["limits"] == {"max_connections": 2048, "failed_logins": {"enabled": True, "lockout_after": 10, "lockout_secs": 1800}},
+          "standalone: connection and failed-login limits rendered in the config's names")
 
 
 def expect_tls(v):
