@@ -150,6 +150,8 @@ pub struct RawLimits {
     pub tags_max_n: u32,
     pub manifest_max_bytes: u64,
     pub upstream_connect_timeout_secs: u64,
+    /// Time the registry has to answer a request without a body (to its response headers).
+    pub upstream_response_timeout_secs: u64,
     /// Largest request head (request line and headers) on the public listener.
     pub max_header_bytes: usize,
     /// Most headers one request may carry.
@@ -274,6 +276,7 @@ impl Default for RawLimits {
             tags_max_n: 1000,
             manifest_max_bytes: 4 * 1024 * 1024,
             upstream_connect_timeout_secs: 5,
+            upstream_response_timeout_secs: 60,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             header_read_timeout_secs: 15,
@@ -344,6 +347,7 @@ pub struct Limits {
     pub page: PageLimits,
     pub manifest_max_bytes: u64,
     pub upstream_connect_timeout: Duration,
+    pub upstream_response_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub header_read_timeout: Duration,
@@ -575,6 +579,9 @@ impl RawConfig {
         if l.max_headers == 0 || l.max_headers > 1000 {
             return Err(invalid("limits.max_headers", "must be between 1 and 1000"));
         }
+        if l.upstream_response_timeout_secs == 0 {
+            return Err(invalid("limits.upstream_response_timeout_secs", "must be at least 1"));
+        }
         if l.header_read_timeout_secs == 0 {
             return Err(invalid("limits.header_read_timeout_secs", "must be at least 1"));
         }
@@ -648,6 +655,7 @@ impl RawConfig {
                 page: PageLimits { catalog_max_n: l.catalog_max_n, tags_max_n: l.tags_max_n },
                 manifest_max_bytes: l.manifest_max_bytes,
                 upstream_connect_timeout: Duration::from_secs(l.upstream_connect_timeout_secs.max(1)),
+                upstream_response_timeout: Duration::from_secs(l.upstream_response_timeout_secs),
                 max_header_bytes: l.max_header_bytes,
                 max_headers: l.max_headers,
                 header_read_timeout: Duration::from_secs(l.header_read_timeout_secs),

@@ -69,7 +69,21 @@ impl Upstream {
     async fn send(&self, req: Request<Body>, endpoint: &'static str) -> Result<Response<hyper::body::Incoming>, Rejection> {
         let started = Instant::now();
         let m = &self.metrics;
-        match self.client.request(req).await {
+        // a request without a body must be answered within the response timeout; one with
+        // a body (an upload) takes as long as the client takes to send it
+        let answer = if http_body::Body::is_end_stream(req.body()) {
+            match tokio::time::timeout(self.limits.upstream_response_timeout, self.client.request(req)).await {
+                Ok(a) => a,
+                Err(_) => {
+                    m.upstream_responses.with_label_values(&["timeout"]).inc();
+                    let secs = self.limits.upstream_response_timeout.as_secs();
+                    return Err(Rejection::gateway_timeout(format!("the registry did not answer within {secs} s (limits.upstream_response_timeout_secs)")));
+                }
+            }
+        } else {
+            self.client.request(req).await
+        };
+        match answer {
             Ok(resp) => {
                 m.upstream_seconds.with_label_values(&[endpoint]).observe(started.elapsed().as_secs_f64());
                 m.upstream_responses.with_label_values(&[status_class(resp.status().as_u16())]).inc();

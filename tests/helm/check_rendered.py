@@ -99,7 +99,7 @@ ALLOWED_CONFIG = {
     "log": {"format", "level"},
     "audit": {"output"},
     "anonymous": {"scope_map"},
-    "limits": {"catalog_max_n", "tags_max_n", "manifest_max_bytes", "upstream_connect_timeout_secs", "max_header_bytes", "max_headers",
+    "limits": {"catalog_max_n", "tags_max_n", "manifest_max_bytes", "upstream_connect_timeout_secs", "upstream_response_timeout_secs", "max_header_bytes", "max_headers",
                "header_read_timeout_secs", "max_connections", "failed_logins"},
 }
 CONFIG_PATH = "/etc/scopegate/config/scopegate.yaml"
