@@ -116,6 +116,7 @@ CLK_TCK=$(getconf CLK_TCK)
 # ---------------------------------------------------------------- cleanup
 WORK=$(mktemp -d /tmp/scopegate-bench.XXXXXX)
 PIDS=()        # PIDs started by this script (timeout wrappers of the servers)
+SERVER_PIDS=() # the servers under those wrappers
 MEASURE_PID=   # running measurement job (a subshell of this script), if any
 kill_tree() { # pid: stop a process and its descendants (all started by this script)
   local c
@@ -133,7 +134,9 @@ cleanup() {
     [ $alive = 0 ] && break
     sleep 0.1
   done
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  # still there after 5 s (scopegate drains for up to its grace period): the wrappers
+  # and the servers themselves
+  for p in "${PIDS[@]}" "${SERVER_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   if [ "$KEEP_WORKDIR" = 1 ]; then log "kept work dir $WORK"; else rm -rf "$WORK"; fi
   exit "$rc"
 }
@@ -172,8 +175,9 @@ child_of() {
 start_server() {
   local name=$1 logf=$2; shift 2
   timeout -k 5 "$SERVER_MAX_SECONDS" "$@" >"$logf" 2>&1 &
-  PIDS+=($!)
+  PIDS+=($!); disown   # no "Killed" job notice from bash at cleanup
   SERVER_PID=$(child_of "${PIDS[-1]}")
+  SERVER_PIDS+=("$SERVER_PID")
   log "$name started (pid $SERVER_PID)"
 }
 
@@ -200,7 +204,9 @@ cpu_ticks() {
 
 # Peak RSS: VmHWM (kB) from /proc/PID/status. `echo 5 > clear_refs` resets it to the
 # current RSS, so a reset before a load and a read after it give the peak during that
-# load. Each value read before a reset is logged, so the whole-run peak is still known.
+# load. Every value read (after a load, and before each reset) is logged, and the
+# whole-run peak is the largest of them (a later VmHWM has been seen below an earlier
+# per-load read, so the last read alone can miss a peak).
 vm_kib() { awk -v f="$2:" '$1 == f { print $2; exit }' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_reset() { # pid...
   local p
@@ -209,9 +215,9 @@ hwm_reset() { # pid...
     echo 5 2>/dev/null >"/proc/$p/clear_refs" || echo "$p" >>"$WORK/hwm-reset-failed"
   done
 }
-hwm_sum() { # pid... -> sum of VmHWM in kB
-  local p s=0
-  for p in "$@"; do s=$(( s + $(vm_kib "$p" VmHWM) )); done
+hwm_sum() { # pid... -> sum of VmHWM in kB (each value read is also logged)
+  local p v s=0
+  for p in "$@"; do v=$(vm_kib "$p" VmHWM); echo "$v" >>"$WORK/hwm.$p"; s=$(( s + v )); done
   echo "$s"
 }
 hwm_whole_run() { # pid -> largest VmHWM seen over the run, kB
@@ -407,8 +413,9 @@ start_scopegate() {
     --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
     --upstream "$REG" --data-dir "$WORK/scopegate" \
     >"$WORK/scopegate.out" 2>"$WORK/scopegate.err" &
-  PIDS+=($!)
+  PIDS+=($!); disown
   GW_PID=$(child_of "${PIDS[-1]}")
+  SERVER_PIDS+=("$GW_PID")
   for i in $(seq 1 100); do
     grep -q '^scopegate ready' "$WORK/scopegate.out" 2>/dev/null && break
     kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/scopegate.err" >&2; die "scopegate died"; }
@@ -799,17 +806,17 @@ write_report() {
     | . + {bearer_vs_direct: ratio(.bearer; .direct), basic_vs_direct: ratio(.basic; .direct),
            bearer_vs_nginx: ratio(.bearer; .nginx), basic_vs_nginx: ratio(.basic; .nginx),
            bearer_vs_nginx_auth: ratio(.bearer; .nginx_auth), basic_vs_nginx_auth: ratio(.basic; .nginx_auth)};
-  def blobrows(label):
-    ($m.blob_get[label] // {} | row("blob GET " + label + " (median)"; "MB/s"; .mbps_median)),
-    ($m.blob_put[label] // {} | row("blob PUT " + label + " (median)"; "MB/s"; .mbps_median)),
-    ($m.blob_get[label] // {} | row("blob GET " + label + " proxy CPU/MB"; "us"; .cpu.proxy_us_per_mb)),
-    ($m.blob_put[label] // {} | row("blob PUT " + label + " proxy CPU/MB"; "us"; .cpu.proxy_us_per_mb)),
-    ($m.blob_get[label] // {} | row("blob GET " + label + " registry CPU/MB"; "us"; .cpu.registry_us_per_mb)),
-    ($m.blob_put[label] // {} | row("blob PUT " + label + " registry CPU/MB"; "us"; .cpu.registry_us_per_mb)),
-    ($m.blob_get[label] // {} | row("blob GET " + label + " proxy peak RSS"; "MiB"; .cpu.proxy_rss_peak_mib)),
-    ($m.blob_put[label] // {} | row("blob PUT " + label + " proxy peak RSS"; "MiB"; .cpu.proxy_rss_peak_mib));
+  def blobrows($size):
+    ($m.blob_get[$size] // {} | row("blob GET " + $size + " (median)"; "MB/s"; .mbps_median)),
+    ($m.blob_put[$size] // {} | row("blob PUT " + $size + " (median)"; "MB/s"; .mbps_median)),
+    ($m.blob_get[$size] // {} | row("blob GET " + $size + " proxy CPU/MB"; "us"; .cpu.proxy_us_per_mb)),
+    ($m.blob_put[$size] // {} | row("blob PUT " + $size + " proxy CPU/MB"; "us"; .cpu.proxy_us_per_mb)),
+    ($m.blob_get[$size] // {} | row("blob GET " + $size + " registry CPU/MB"; "us"; .cpu.registry_us_per_mb)),
+    ($m.blob_put[$size] // {} | row("blob PUT " + $size + " registry CPU/MB"; "us"; .cpu.registry_us_per_mb)),
+    ($m.blob_get[$size] // {} | row("blob GET " + $size + " proxy peak RSS"; "MiB"; .cpu.proxy_rss_peak_mib)),
+    ($m.blob_put[$size] // {} | row("blob PUT " + $size + " proxy peak RSS"; "MiB"; .cpu.proxy_rss_peak_mib));
   def goal(name; v; op; limit; unit):
-    {target: name, value: r(v), goal: (op + " " + (limit | tostring) + " " + unit),
+    {target: name, value: (if v == null then null else ((v * 1000 | round) / 1000) end), goal: (op + " " + (limit | tostring) + " " + unit),
      met: (if v == null then null elif op == ">=" then v >= limit elif op == "<=" then v <= limit else v < limit end)};
   ($m.head_manifest // {}) as $head | ($m.get_manifest // {}) as $get | ($m.token.scopegate // null) as $tok |
   [ $big, (if $huge != "" and $huge != $big then $huge else empty end) ] as $labels |
@@ -881,6 +888,7 @@ print_report() {
   printf '\nratios (req/s, MB/s: above 1 = scopegate faster; latency, CPU, RSS: above 1 = scopegate costlier)\n'
   jq -r '.table[] | select(.unit != "cores" and .unit != "n")
          | [.metric, .bearer_vs_direct, .basic_vs_direct, .bearer_vs_nginx, .basic_vs_nginx, .bearer_vs_nginx_auth, .basic_vs_nginx_auth]
+         | select(.[1:] | any(. != null))
          | map(if . == null then "-" else tostring end) | @tsv' <<<"$RESULT" |
   awk -F'\t' 'BEGIN {
       fmt = "%-38s | %8s | %8s | %8s | %8s | %10s | %10s\n"
