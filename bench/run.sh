@@ -714,7 +714,7 @@ measure() { # function path [args] -> JSON
     awk -v o="$other" -v m="$OTHER_MAX" 'BEGIN { exit !(o > m) }' || break
     [ "$try" -ge "$RETRIES" ] && break
     try=$((try + 1))
-    log "$tgt ${fn#measure_} ${3:-}: other processes used $other cores; retry $try/$RETRIES"
+    log "$tgt ${fn#measure_}${3:+ $3}: other processes used $other cores; retry $try/$RETRIES"
     [ "$QUIET_WAIT" -gt 0 ] && wait_quiet >/dev/null || sleep 5
   done
   jq --argjson attempts "$((try + 1))" '. + {attempts: $attempts}' <<<"$out"
