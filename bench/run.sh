@@ -1,28 +1,55 @@
 #!/usr/bin/env bash
-# scopegate benchmark: registry direct vs. through scopegate (bearer / basic).
+# scopegate benchmark: the registry direct vs. through scopegate vs. through nginx.
 #
-# One run: build release, start docker-registry + scopegate on free loopback
-# ports in a temp dir, create a token, push a small and a big image, then for
-#   direct  = docker-registry, no auth
-#   bearer  = scopegate, Authorization: Bearer <token from /token>
-#   basic   = scopegate, Authorization: Basic bench:<password>
-# measure
-#   HEAD manifest  (oha)  req/s, p50, p99, + server CPU per request
-#   GET  manifest  (wrk)  req/s, p50, p99, + server CPU per request
-#   GET  big blob  (curl) MB/s, median of BLOB_REPS downloads
-# and print a table + write bench/results/latest.json.
+# One run builds scopegate (release), then starts on free loopback ports in a temp dir:
+#   - Debian's docker-registry (filesystem storage, no access log),
+#   - scopegate in front of it, with a token `bench` (read/write on bench/img),
+#   - nginx in front of it, set up like distribution's "nginx authentication" recipe
+#     (bench/README.md lists the directives), on two ports: one without auth and
+#     one with auth_basic against a bcrypt htpasswd file.
+# It pushes a small image (for manifests) and uploads two random blobs (BIG_MIB and
+# HUGE_MIB), then measures each path:
+#   direct      docker-registry, no auth
+#   bearer      scopegate, Authorization: Bearer <JWT from scopegate's /token>
+#   basic       scopegate, Authorization: Basic bench:<token password>
+#   nginx       nginx recipe without auth_basic
+#   nginx_auth  nginx recipe with auth_basic (one bcrypt check per request)
+# Measurements (each one first checks that its exact request answers 200/201):
+#   HEAD manifest    oha   req/s, p50, p99            (MANIFEST_TARGETS)
+#   GET  manifest    wrk   req/s, p50, p99            (MANIFEST_TARGETS)
+#   token endpoint   oha   tokens/s, p50, p99 of GET /token?service=..&scope=..:pull (Basic)
+#   blob GET         curl  MB/s, median of BLOB_REPS, for BIG_MIB and HUGE_MIB (BLOB_TARGETS)
+#   blob PUT         curl  MB/s: POST /blobs/uploads/ then one PUT ?digest= with the whole
+#                          blob (monolithic); each must answer 201 with the digest
+# and around every load: CPU time of registry, scopegate and nginx (/proc/PID/stat) per
+# request / per MB, peak RSS (VmHWM, reset before each load via /proc/PID/clear_refs),
+# and CPU used by unrelated processes. Prints the numbers, the ratios against direct and
+# against nginx, the performance targets (reported only, never fatal), and writes
+# bench/results/latest.json (+ raw tool output in bench/results/raw/).
 #
 # Env knobs (defaults in brackets):
-#   DURATION [10s]  per oha/wrk load      CONCURRENCY [16]  connections
-#   THREADS [2]     wrk threads           BLOB_REPS [5]     blob downloads per target
-#   BIG_MIB [200]   big layer size (MiB)  SKIP_BUILD [0]    1 = skip cargo build
-#   KEEP_WORKDIR [0] 1 = keep temp dir (logs, data) after the run
-#   QUIET_WAIT [0]  wait up to N s for the machine to be <15% busy before measuring
-#   RETRIES [2]     redo a measurement during which other processes used more
-#   OTHER_MAX [0.25]  than OTHER_MAX cores (after waiting QUIET_WAIT, or 5 s)
+#   DURATION [10s]      length of each oha/wrk load (Ns or Nm)
+#   CONCURRENCY [16]    connections for oha and wrk
+#   THREADS [2]         wrk threads
+#   BLOB_REPS [5]       timed transfers per path, size and direction (after 1 warm-up)
+#   BIG_MIB [200]       size of the first blob (MiB)
+#   HUGE_MIB [1024]     size of the second blob (MiB); 0 skips it
+#   MANIFEST_TARGETS ["direct bearer basic nginx nginx_auth"]  paths for HEAD/GET
+#   BLOB_TARGETS     ["direct bearer basic nginx nginx_auth"]  paths for blob GET/PUT
+#   TOKEN_BENCH [1]     0 skips the token-endpoint load
+#   NGINX_WORKERS [1]   nginx worker_processes (the recipe leaves nginx's default, 1)
+#   HTPASSWD_COST [5]   bcrypt cost of the htpasswd entry (htpasswd -B's default, which
+#                       is what the recipe's `htpasswd -Bbn` produces)
+#   SKIP_BUILD [0]      1 = skip cargo build (uses an existing binary)
+#   SCOPEGATE_BIN [${CARGO_TARGET_DIR:-<repo>/target}/release/scopegate]
+#   KEEP_WORKDIR [0]    1 = keep the temp dir (logs, configs, data) after the run
+#   QUIET_WAIT [0]      wait up to N s for the machine to be <15% busy before measuring
+#   RETRIES [2]         redo a measurement during which other processes used more
+#   OTHER_MAX [0.25]      than OTHER_MAX cores (after waiting QUIET_WAIT, or 5 s)
 #   OHA [oha in PATH or ~/.cargo/bin/oha]
-# Exit status: 0 ok, 1 setup failure, 2 measurements done but some responses
-# were not 200 / had errors (see WARN lines and the JSON).
+#   SERVER_MAX_SECONDS [3600]  hard lifetime of each server (if the script is SIGKILLed)
+# Exit status: 0 ok, 1 setup failure, 2 measurements done but some responses were not
+# 200/201 or had errors (see WARN lines and the JSON). Missed targets do not change it.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -30,32 +57,39 @@ CONCURRENCY=${CONCURRENCY:-16}
 THREADS=${THREADS:-2}
 BLOB_REPS=${BLOB_REPS:-5}
 BIG_MIB=${BIG_MIB:-200}
+HUGE_MIB=${HUGE_MIB:-1024}
+MANIFEST_TARGETS=${MANIFEST_TARGETS:-direct bearer basic nginx nginx_auth}
+BLOB_TARGETS=${BLOB_TARGETS:-direct bearer basic nginx nginx_auth}
+TOKEN_BENCH=${TOKEN_BENCH:-1}
+NGINX_WORKERS=${NGINX_WORKERS:-1}
+HTPASSWD_COST=${HTPASSWD_COST:-5}
 SKIP_BUILD=${SKIP_BUILD:-0}
 QUIET_WAIT=${QUIET_WAIT:-0}
 RETRIES=${RETRIES:-2}
 OTHER_MAX=${OTHER_MAX:-0.25}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
-REPO=bench/img
-OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
-# Hard ceiling for the background servers (they are killed by the trap anyway;
-# this only matters if the script itself is SIGKILLed).
 SERVER_MAX_SECONDS=${SERVER_MAX_SECONDS:-3600}
+REPO=bench/img
+SERVICE=scopegate
+OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
+ALL_TARGETS=(direct bearer basic nginx nginx_auth)
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 RESULTS_DIR=$BENCH_DIR/results
+SG=${SCOPEGATE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/scopegate}
 
 log()  { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 warn() { printf '[bench %s] WARN: %s\n' "$(date +%H:%M:%S)" "$*" >&2; WARNINGS+=("$*"); }
 die()  { printf '[bench %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
 WARNINGS=()
 
-# ---------------------------------------------------------------- tools
+# ---------------------------------------------------------------- tools + knobs
 OHA=${OHA:-$(command -v oha || true)}
 if [ -z "$OHA" ] && [ -x "$HOME/.cargo/bin/oha" ]; then OHA=$HOME/.cargo/bin/oha; fi
 if [ -z "$OHA" ] || [ ! -x "$OHA" ]; then die "oha not found (cargo install oha --locked)"; fi
-for t in cargo /usr/bin/docker-registry wrk jq skopeo curl timeout awk base64 sha256sum; do
-  command -v "$t" >/dev/null || die "missing tool: $t"
+for t in cargo /usr/bin/docker-registry wrk nginx htpasswd jq skopeo curl timeout awk base64 sha256sum ss; do
+  command -v "$t" >/dev/null || die "missing tool: $t (apt-get install -y nginx wrk apache2-utils jq skopeo curl)"
 done
 # seconds for bounding the load tools themselves (DURATION + slack)
 dur_seconds() {
@@ -68,15 +102,21 @@ dur_seconds() {
 DUR_S=$(dur_seconds "$DURATION")
 [[ $DUR_S =~ ^[0-9]+$ ]] && [ "$DUR_S" -ge 1 ] || die "DURATION must be whole seconds or minutes, e.g. 10s / 1m (got $DURATION)"
 LOAD_LIMIT=$(( DUR_S + 30 ))
-for v in CONCURRENCY THREADS BLOB_REPS BIG_MIB RETRIES QUIET_WAIT; do
+for v in CONCURRENCY THREADS BLOB_REPS BIG_MIB HUGE_MIB RETRIES QUIET_WAIT NGINX_WORKERS HTPASSWD_COST TOKEN_BENCH; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got ${!v})"
 done
-[ "$BLOB_REPS" -ge 1 ] && [ "$BIG_MIB" -ge 1 ] && [ "$CONCURRENCY" -ge 1 ] || die "BLOB_REPS, BIG_MIB, CONCURRENCY must be >= 1"
+[ "$BLOB_REPS" -ge 1 ] && [ "$BIG_MIB" -ge 1 ] && [ "$CONCURRENCY" -ge 1 ] && [ "$NGINX_WORKERS" -ge 1 ] \
+  || die "BLOB_REPS, BIG_MIB, CONCURRENCY, NGINX_WORKERS must be >= 1"
+[ "$HTPASSWD_COST" -ge 4 ] && [ "$HTPASSWD_COST" -le 17 ] || die "HTPASSWD_COST must be 4..17 (htpasswd -C)"
+for v in MANIFEST_TARGETS BLOB_TARGETS; do
+  for t in ${!v}; do [[ " ${ALL_TARGETS[*]} " == *" $t "* ]] || die "$v: unknown path '$t' (known: ${ALL_TARGETS[*]})"; done
+done
 CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- cleanup
 WORK=$(mktemp -d /tmp/scopegate-bench.XXXXXX)
-PIDS=()   # PIDs started by this script (timeout wrappers of the servers)
+PIDS=()        # PIDs started by this script (timeout wrappers of the servers)
+SERVER_PIDS=() # the servers under those wrappers
 MEASURE_PID=   # running measurement job (a subshell of this script), if any
 kill_tree() { # pid: stop a process and its descendants (all started by this script)
   local c
@@ -94,7 +134,9 @@ cleanup() {
     [ $alive = 0 ] && break
     sleep 0.1
   done
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  # still there after 5 s (scopegate drains for up to its grace period): the wrappers
+  # and the servers themselves
+  for p in "${PIDS[@]}" "${SERVER_PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   if [ "$KEEP_WORKDIR" = 1 ]; then log "kept work dir $WORK"; else rm -rf "$WORK"; fi
   exit "$rc"
 }
@@ -105,7 +147,7 @@ trap cleanup EXIT
 exit_on_signals() { trap 'exit 130' INT; trap 'exit 143' TERM; }
 exit_on_signals
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- process helpers
 USED_PORTS=" "
 free_port() {
   local p _
@@ -128,11 +170,86 @@ child_of() {
   die "could not find child of pid $parent"
 }
 
-# utime+stime in clock ticks
+# start_server NAME LOGFILE CMD...: runs CMD under `timeout`, records the wrapper in
+# PIDS and prints the server's own PID
+start_server() {
+  local name=$1 logf=$2; shift 2
+  timeout -k 5 "$SERVER_MAX_SECONDS" "$@" >"$logf" 2>&1 &
+  PIDS+=($!); disown   # no "Killed" job notice from bash at cleanup
+  SERVER_PID=$(child_of "${PIDS[-1]}")
+  SERVER_PIDS+=("$SERVER_PID")
+  log "$name started (pid $SERVER_PID)"
+}
+
+# wait_http NAME PID URL: until URL answers anything but 000 (connection refused)
+wait_http() {
+  local name=$1 pid=$2 url=$3 i
+  for i in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)" != 000 ] && return 0
+    kill -0 "$pid" 2>/dev/null || die "$name died (see logs in $WORK; KEEP_WORKDIR=1 keeps them)"
+    sleep 0.1
+  done
+  die "$name not answering on $url after 10 s"
+}
+
+# utime+stime in clock ticks of one or more PIDs
 cpu_ticks() {
-  local f
-  read -r -a f < <(sed 's/^.*) //' "/proc/$1/stat")
-  echo $(( f[11] + f[12] ))
+  local p f sum=0
+  for p in "$@"; do
+    read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat")
+    sum=$(( sum + f[11] + f[12] ))
+  done
+  echo "$sum"
+}
+
+# Peak RSS: VmHWM (kB) from /proc/PID/status. `echo 5 > clear_refs` resets it to the
+# current RSS, so a reset before a load and a read after it give the peak during that
+# load. Every value read (after a load, and before each reset) is logged, and the
+# whole-run peak is the largest of them (a later VmHWM has been seen below an earlier
+# per-load read, so the last read alone can miss a peak).
+vm_kib() { awk -v f="$2:" '$1 == f { print $2; exit }' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_reset() { # pid...
+  local p
+  for p in "$@"; do
+    vm_kib "$p" VmHWM >>"$WORK/hwm.$p"
+    echo 5 2>/dev/null >"/proc/$p/clear_refs" || echo "$p" >>"$WORK/hwm-reset-failed"
+  done
+}
+hwm_sum() { # pid... -> sum of VmHWM in kB (each value read is also logged)
+  local p v s=0
+  for p in "$@"; do v=$(vm_kib "$p" VmHWM); echo "$v" >>"$WORK/hwm.$p"; s=$(( s + v )); done
+  echo "$s"
+}
+hwm_whole_run() { # pid -> largest VmHWM seen over the run, kB
+  { cat "$WORK/hwm.$1" 2>/dev/null; vm_kib "$1" VmHWM; } | sort -n | tail -1
+}
+
+# ---------------------------------------------------------------- request helpers
+# path -> base URL
+base_for() {
+  case $1 in
+    direct) echo "$REG" ;; bearer|basic) echo "$GW" ;;
+    nginx) echo "$NGX" ;; nginx_auth) echo "$NGXA" ;;
+  esac
+}
+# path -> which proxy's CPU/RSS counts as "proxy" for it
+proxy_of() { case $1 in bearer|basic|token) echo scopegate ;; nginx|nginx_auth) echo nginx ;; *) echo none ;; esac; }
+
+bearer_token() { # actions (pull | pull,push)
+  local t
+  t=$(curl -sf --max-time 10 -u "bench:$PASSWORD" \
+        "$GW/token?service=$SERVICE&scope=repository:$REPO:$1" | jq -r '.token // empty') || true
+  [ -n "$t" ] || die "could not fetch a bearer token ($1) from $GW/token"
+  echo "$t"
+}
+# Authorization header value for a path (a fresh bearer token each call: tokens live 300 s)
+auth_for() { # path [actions]
+  case $1 in
+    direct|nginx) echo "" ;;
+    bearer)     echo "Bearer $(bearer_token "${2:-pull}")" ;;
+    basic)      echo "Basic $(printf 'bench:%s' "$PASSWORD" | base64 -w0)" ;;
+    nginx_auth) echo "Basic $(printf 'bench:%s' "$NGX_PASSWORD" | base64 -w0)" ;;
+  esac
 }
 
 # curl status check of the exact request about to be loaded.
@@ -145,31 +262,51 @@ expect_200() {
   [ "$code" = 200 ] || die "pre-check $method $url (auth: ${auth%% *}) returned $code, not 200"
 }
 
-bearer_token() {
-  local t
-  t=$(curl -sf --max-time 10 -u "bench:$PASSWORD" \
-        "$GW/token?service=scopegate&scope=repository:$REPO:pull" | jq -r '.token // empty') || true
-  [ -n "$t" ] || die "could not fetch a bearer token from $GW/token"
-  echo "$t"
+header_of() { # header-file name -> value of the last such header
+  awk -v n="$(tr 'A-Z' 'a-z' <<<"$2")" -F': ' 'tolower($1) == n { v = $2 } END { sub(/\r$/, "", v); print v }' "$1"
 }
 
-# auth header value for a target (fresh bearer token each call: tokens live 300 s)
-auth_for() {
-  case $1 in
-    direct) echo "" ;;
-    bearer) echo "Bearer $(bearer_token)" ;;
-    basic)  echo "Basic $(printf 'bench:%s' "$PASSWORD" | base64 -w0)" ;;
+# One monolithic blob upload: POST /v2/REPO/blobs/uploads/ (202 + Location), then
+# PUT <Location>&digest=... with the whole file. Prints "status seconds_of_the_PUT".
+# The status is "201" only if the registry also echoed the digest; anything else is
+# a short reason. Fails hard (die) only on a Location that leaves the path under test.
+blob_upload() { # path file digest size
+  local tgt=$1 file=$2 digest=$3 size=$4 base auth code loc res secs args
+  base=$(base_for "$tgt"); auth=$(auth_for "$tgt" pull,push)
+  args=(-s --max-time 30 -D "$WORK/post.hdr" -o /dev/null -w '%{http_code}' -X POST)
+  [ -n "$auth" ] && args+=(-H "Authorization: $auth")
+  code=$(curl "${args[@]}" "$base/v2/$REPO/blobs/uploads/") || code=000
+  [ "$code" = 202 ] || { echo "POST-$code 0"; return 0; }
+  loc=$(header_of "$WORK/post.hdr" Location)
+  case $loc in
+    /*) loc=$base$loc ;;
+    "$base"/*) ;;
+    *) die "$tgt: upload Location '$loc' does not point at $base (the PUT would bypass the path under test)" ;;
   esac
+  [[ $loc == *\?* ]] && loc+="&digest=$digest" || loc+="?digest=$digest"
+  args=(-s --max-time "$(( 60 + size / 5000000 ))" -D "$WORK/put.hdr" -o "$WORK/put.body"
+        -w '%{http_code} %{time_total} %{size_upload}' -T "$file"
+        -H 'Expect:' -H 'Content-Type: application/octet-stream')
+  [ -n "$auth" ] && args+=(-H "Authorization: $auth")
+  res=$(curl "${args[@]}" "$loc") || res="000 0 0"
+  local up
+  read -r code secs up <<<"$res"
+  if [ "$code" != 201 ]; then echo "PUT-$code $secs"; return 0; fi
+  [ "$up" = "$size" ] || { echo "PUT-sent-$up-bytes $secs"; return 0; }
+  [ "$(header_of "$WORK/put.hdr" Docker-Content-Digest)" = "$digest" ] || { echo "PUT-201-wrong-digest $secs"; return 0; }
+  echo "201 $secs"
 }
-base_for() { case $1 in direct) echo "$REG" ;; *) echo "$GW" ;; esac; }
 
-# CPU accounting around a load, all in clock ticks / seconds:
-#   registry, gateway  utime+stime of the server processes (/proc/PID/stat)
-#   client             CPU of this shell's reaped children (`times`): the load
-#                      tool (oha/wrk/curl) plus a few ms of curl/jq helpers
-#   other              whole-machine busy time (/proc/stat) minus all of the
-#                      above: foreign processes + unattributed kernel work.
-#                      Well above ~0.1 cores = someone else used the CPU.
+# ---------------------------------------------------------------- CPU + RSS accounting
+# Around each load, in clock ticks / seconds:
+#   registry, gateway (scopegate), nginx (master + workers): utime+stime, /proc/PID/stat
+#   client   CPU of this shell's reaped children (`times`): the load tool (oha/wrk/curl)
+#            plus a few ms of curl/jq helpers
+#   other    whole-machine busy time (/proc/stat) minus all of the above: foreign
+#            processes + unattributed kernel work. Well above ~0.1 cores = someone
+#            else used the CPU.
+#   "proxy"  = scopegate for bearer/basic/token, nginx for nginx/nginx_auth, none for direct
+# plus the peak RSS of each server during the load.
 # acct_begin/acct_end must run in the same shell as the load they bracket.
 machine_busy_ticks() {
   awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
@@ -179,34 +316,47 @@ children_cpu_s() { # file written by `times`
        END { printf "%.3f", t }' "$1"
 }
 acct_begin() {
+  hwm_reset "$REG_PID" "$GW_PID" "${NGX_PIDS[@]}"
   times >"$WORK/times0"
   ACCT_T0=$(date +%s.%N); ACCT_M0=$(machine_busy_ticks)
-  ACCT_R0=$(cpu_ticks "$REG_PID"); ACCT_G0=$(cpu_ticks "$GW_PID")
+  ACCT_R0=$(cpu_ticks "$REG_PID"); ACCT_G0=$(cpu_ticks "$GW_PID"); ACCT_N0=$(cpu_ticks "${NGX_PIDS[@]}")
 }
-acct_end() { # target requests -> JSON in ACCT_JSON (not $(acct_end): `times` needs this shell)
-  local tgt=$1 n=$2 t1 m1 r1 g1
-  r1=$(cpu_ticks "$REG_PID"); g1=$(cpu_ticks "$GW_PID"); m1=$(machine_busy_ticks); t1=$(date +%s.%N)
+acct_end() { # path requests -> JSON in ACCT_JSON (not $(acct_end): `times` needs this shell)
+  local tgt=$1 n=$2 t1 m1 r1 g1 n1
+  r1=$(cpu_ticks "$REG_PID"); g1=$(cpu_ticks "$GW_PID"); n1=$(cpu_ticks "${NGX_PIDS[@]}")
+  m1=$(machine_busy_ticks); t1=$(date +%s.%N)
   times >"$WORK/times1"
-  ACCT_JSON=$(jq -n --argjson hz "$CLK_TCK" --argjson n "$n" --arg tgt "$tgt" \
+  ACCT_JSON=$(jq -n --argjson hz "$CLK_TCK" --argjson n "$n" --arg proxy "$(proxy_of "$tgt")" \
         --argjson wall "$(awk -v a="$ACCT_T0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" \
-        --argjson reg "$(( r1 - ACCT_R0 ))" --argjson gw "$(( g1 - ACCT_G0 ))" --argjson mach "$(( m1 - ACCT_M0 ))" \
-        --argjson c0 "$(children_cpu_s "$WORK/times0")" --argjson c1 "$(children_cpu_s "$WORK/times1")" '
-    ($reg / $hz) as $r | ($gw / $hz) as $g | ($c1 - $c0) as $c | ($mach / $hz) as $m |
+        --argjson reg "$(( r1 - ACCT_R0 ))" --argjson gw "$(( g1 - ACCT_G0 ))" --argjson ngx "$(( n1 - ACCT_N0 ))" \
+        --argjson mach "$(( m1 - ACCT_M0 ))" \
+        --argjson c0 "$(children_cpu_s "$WORK/times0")" --argjson c1 "$(children_cpu_s "$WORK/times1")" \
+        --argjson rss_reg "$(hwm_sum "$REG_PID")" --argjson rss_gw "$(hwm_sum "$GW_PID")" \
+        --argjson rss_ngx "$(hwm_sum "${NGX_PIDS[@]}")" '
+    ($reg / $hz) as $r | ($gw / $hz) as $g | ($ngx / $hz) as $x | ($c1 - $c0) as $c | ($mach / $hz) as $m |
+    def per(v): if $n > 0 then v * 1e6 / $n else null end;
     {wall_s: $wall,
-     registry_cpu_s: $r, gateway_cpu_s: $g, client_cpu_s: $c, machine_busy_s: $m,
-     registry_us_per_req: (if $n > 0 then $r * 1e6 / $n else null end),
-     gateway_us_per_req:  (if $n > 0 then $g * 1e6 / $n else null end),
-     client_us_per_req:   (if $n > 0 then $c * 1e6 / $n else null end),
-     registry_cores: ($r / $wall), gateway_cores: ($g / $wall), client_cores: ($c / $wall),
-     machine_busy_cores: ($m / $wall),
-     other_cores: ((($m - $r - $g - $c) / $wall) * 1000 | round / 1000)}
-    | if $tgt == "direct" then .gateway_us_per_req = null | .gateway_cores = null else . end')
+     registry_cpu_s: $r, gateway_cpu_s: $g, nginx_cpu_s: $x, client_cpu_s: $c, machine_busy_s: $m,
+     registry_us_per_req: per($r),
+     gateway_us_per_req: (if $proxy == "scopegate" then per($g) else null end),
+     nginx_us_per_req: (if $proxy == "nginx" then per($x) else null end),
+     client_us_per_req: per($c),
+     registry_cores: ($r / $wall), gateway_cores: ($g / $wall), nginx_cores: ($x / $wall),
+     client_cores: ($c / $wall), machine_busy_cores: ($m / $wall),
+     other_cores: ((($m - $r - $g - $x - $c) / $wall) * 1000 | round / 1000),
+     rss_peak_kib: {registry: $rss_reg, scopegate: $rss_gw, nginx: $rss_ngx}}
+    | .proxy = $proxy
+    | .proxy_us_per_req = (if $proxy == "scopegate" then .gateway_us_per_req
+                           elif $proxy == "nginx" then .nginx_us_per_req else null end)
+    | .proxy_cores = (if $proxy == "scopegate" then .gateway_cores
+                      elif $proxy == "nginx" then .nginx_cores else null end)
+    | .proxy_rss_peak_mib = (if $proxy == "none" then null
+                             else .rss_peak_kib[$proxy] / 1024 end)')
 }
 
-# Established TCP connections to the registry port, sampled halfway through a
-# load (direct: client connections; gateway: the gateway's upstream pool).
-# Runs in the background (ends on its own after DURATION/2); the caller waits
-# for it in the same shell that started it.
+# Established TCP connections to the registry port, sampled halfway through a load
+# (direct: client connections; scopegate: its upstream pool; nginx: its per-request
+# upstream connections). Runs in the background and ends on its own after DURATION/2.
 conn_sample_start() { # outfile
   ( sleep "$(( (DUR_S + 1) / 2 ))"; ss -Htn state established "( dport = :$REG_PORT )" 2>/dev/null | wc -l >"$1" ) &
   SAMPLER_PID=$!
@@ -215,22 +365,18 @@ conn_sample_collect() { # outfile -> number or null
   local n; n=$(cat "$1" 2>/dev/null || true); echo "${n:-null}"
 }
 
-# ---------------------------------------------------------------- 1. build + start
-cd "$ROOT"
-if [ "$SKIP_BUILD" != 1 ]; then
-  log "cargo build --release"
-  cargo build --release >&2
-fi
-SG=$ROOT/target/release/scopegate
-[ -x "$SG" ] || die "$SG not built"
+# ---------------------------------------------------------------- servers
+build_scopegate() {
+  if [ "$SKIP_BUILD" != 1 ]; then
+    log "cargo build --release"
+    (cd "$ROOT" && cargo build --release >&2)
+  fi
+  [ -x "$SG" ] || die "$SG not built (SCOPEGATE_BIN / CARGO_TARGET_DIR)"
+}
 
-REG_PORT=$(free_port); GW_PORT=$(free_port); ADMIN_PORT=$(free_port)
-REG=http://127.0.0.1:$REG_PORT
-GW=http://127.0.0.1:$GW_PORT
-ADMIN=http://127.0.0.1:$ADMIN_PORT
-
-mkdir -p "$WORK/registry/data" "$WORK/scopegate"
-cat > "$WORK/registry/config.yml" <<YML
+start_registry() {
+  mkdir -p "$WORK/registry/data"
+  cat > "$WORK/registry/config.yml" <<YML
 version: 0.1
 log:
   level: error
@@ -253,60 +399,133 @@ health:
   storagedriver:
     enabled: false
 YML
-log "starting docker-registry on $REG"
-timeout -k 5 "$SERVER_MAX_SECONDS" /usr/bin/docker-registry serve "$WORK/registry/config.yml" \
-  >"$WORK/registry.log" 2>&1 &
-PIDS+=($!)
-REG_PID=$(child_of "${PIDS[-1]}")
-for i in $(seq 1 100); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$REG/v2/" || true)" = 200 ] && break
-  kill -0 "$REG_PID" 2>/dev/null || { cat "$WORK/registry.log" >&2; die "registry died"; }
-  [ "$i" = 100 ] && die "registry not ready after 10 s"
-  sleep 0.1
-done
+  start_server "docker-registry on $REG" "$WORK/registry.log" \
+    /usr/bin/docker-registry serve "$WORK/registry/config.yml"
+  REG_PID=$SERVER_PID
+  wait_http docker-registry "$REG_PID" "$REG/v2/"
+}
 
-ADMIN_TOKEN=bench-admin-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
-log "starting scopegate on $GW (admin $ADMIN)"
-SCOPEGATE_ADMIN_TOKEN=$ADMIN_TOKEN timeout -k 5 "$SERVER_MAX_SECONDS" "$SG" serve \
-  --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-  --upstream "$REG" --data-dir "$WORK/scopegate" \
-  >"$WORK/scopegate.out" 2>"$WORK/scopegate.err" &
-PIDS+=($!)
-GW_PID=$(child_of "${PIDS[-1]}")
-for i in $(seq 1 100); do
-  grep -q '^scopegate ready' "$WORK/scopegate.out" 2>/dev/null && break
-  kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/scopegate.err" >&2; die "scopegate died"; }
-  [ "$i" = 100 ] && die "scopegate not ready after 10 s"
-  sleep 0.1
-done
-log "$(head -1 "$WORK/scopegate.out")"
+start_scopegate() {
+  local i
+  mkdir -p "$WORK/scopegate"
+  ADMIN_TOKEN=bench-admin-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+  SCOPEGATE_ADMIN_TOKEN=$ADMIN_TOKEN timeout -k 5 "$SERVER_MAX_SECONDS" "$SG" serve \
+    --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+    --upstream "$REG" --data-dir "$WORK/scopegate" \
+    >"$WORK/scopegate.out" 2>"$WORK/scopegate.err" &
+  PIDS+=($!); disown
+  GW_PID=$(child_of "${PIDS[-1]}")
+  SERVER_PIDS+=("$GW_PID")
+  for i in $(seq 1 100); do
+    grep -q '^scopegate ready' "$WORK/scopegate.out" 2>/dev/null && break
+    kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/scopegate.err" >&2; die "scopegate died"; }
+    [ "$i" = 100 ] && die "scopegate not ready after 10 s"
+    sleep 0.1
+  done
+  log "scopegate on $GW (pid $GW_PID): $(head -1 "$WORK/scopegate.out")"
+  GW_RSS_START_KIB=$(vm_kib "$GW_PID" VmRSS)
 
-SCOPEGATE_ADMIN_TOKEN=$ADMIN_TOKEN timeout --foreground 30 "$SG" --server "$ADMIN" token create --name bench \
-  --repository "$REPO" content/read content/write metadata/read >"$WORK/token.json"
-PASSWORD=$(jq -r '.credentials.passwords[0].value' "$WORK/token.json")
-[ -n "$PASSWORD" ] && [ "$PASSWORD" != null ] || die "token create returned no password"
+  SCOPEGATE_ADMIN_TOKEN=$ADMIN_TOKEN timeout --foreground 30 "$SG" --server "$ADMIN" token create --name bench \
+    --repository "$REPO" content/read content/write metadata/read >"$WORK/token.json"
+  PASSWORD=$(jq -r '.credentials.passwords[0].value' "$WORK/token.json")
+  [ -n "$PASSWORD" ] && [ "$PASSWORD" != null ] || die "token create returned no password"
+}
 
-# ---------------------------------------------------------------- 2. images
-log "building + pushing images (small, ${BIG_MIB} MiB)"
-"$BENCH_DIR/../tests/e2e/make-oci.sh" "$WORK/oci-small" v1 >/dev/null
-LAYER_COMPRESS=none LAYER_RANDOM_MIB="$BIG_MIB" "$BENCH_DIR/../tests/e2e/make-oci.sh" "$WORK/oci-big" v1 >/dev/null
-for img in small big; do
-  timeout --foreground 600 skopeo --insecure-policy copy -q --dest-tls-verify=false \
-    "oci:$WORK/oci-$img:v1" "docker://127.0.0.1:$REG_PORT/$REPO:$img" >&2
-done
-rm -rf "$WORK/oci-big"   # 200 MiB we no longer need
-# skopeo may (re)compress the layer on push: take digest/size from the registry
-BIG_MANIFEST=$(curl -sf --max-time 10 -H "Accept: $OCI_MANIFEST" "$REG/v2/$REPO/manifests/big")
-BLOB_DIGEST=$(jq -r '.layers[0].digest' <<<"$BIG_MANIFEST")
-BLOB_SIZE=$(jq -r '.layers[0].size' <<<"$BIG_MANIFEST")
-log "big layer $BLOB_DIGEST ($BLOB_SIZE bytes)"
-MANIFEST_PATH=/v2/$REPO/manifests/small
-BLOB_PATH=/v2/$REPO/blobs/$BLOB_DIGEST
+# nginx as distribution's "nginx authentication" recipe configures it, minus TLS (every
+# path here is plain HTTP on loopback) and minus its user-agent check for docker <= 1.5.
+# Two server blocks share the proxy settings: one with auth_basic, one without.
+start_nginx() {
+  local d=$WORK/nginx
+  mkdir -p "$d"/{client_body,proxy,fastcgi,uwsgi,scgi}
+  NGX_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+  htpasswd -b -n -B -C "$HTPASSWD_COST" bench "$NGX_PASSWORD" | grep -v '^$' >"$d/htpasswd"
+  cat >"$d/registry-proxy.conf" <<CONF
+# shared by both server blocks: the proxy part of the recipe
+add_header Docker-Distribution-Api-Version \$docker_distribution_api_version always;
+proxy_pass                          http://docker-registry;
+proxy_set_header Host               \$http_host;
+proxy_set_header X-Real-IP          \$remote_addr;
+proxy_set_header X-Forwarded-For    \$proxy_add_x_forwarded_for;
+proxy_set_header X-Forwarded-Proto  \$scheme;
+proxy_read_timeout                  900;
+CONF
+  cat >"$d/nginx.conf" <<CONF
+$([ "$(id -u)" = 0 ] && echo "user root;  # workers must read this temp dir")
+worker_processes $NGINX_WORKERS;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;   # like the registry's access log in this benchmark
+  client_body_temp_path $d/client_body;
+  proxy_temp_path       $d/proxy;
+  fastcgi_temp_path     $d/fastcgi;
+  uwsgi_temp_path       $d/uwsgi;
+  scgi_temp_path        $d/scgi;
 
-# ---------------------------------------------------------------- 3. measurements
-RAW=$WORK/raw; mkdir -p "$RAW"
-ANY_BAD=0
+  upstream docker-registry { server 127.0.0.1:$REG_PORT; }
 
+  # the registry sends this header itself; nginx's own 401s need it added
+  map \$upstream_http_docker_distribution_api_version \$docker_distribution_api_version {
+    '' 'registry/2.0';
+  }
+
+  server {   # the recipe: basic auth on /v2/
+    listen 127.0.0.1:$NGXA_PORT;
+    client_max_body_size 0;          # no limit on layer uploads
+    chunked_transfer_encoding on;
+    location /v2/ {
+      auth_basic           "Registry realm";
+      auth_basic_user_file $d/htpasswd;
+      include $d/registry-proxy.conf;
+    }
+  }
+  server {   # the same proxy without auth: what the proxying alone costs
+    listen 127.0.0.1:$NGX_PORT;
+    client_max_body_size 0;
+    chunked_transfer_encoding on;
+    location /v2/ {
+      include $d/registry-proxy.conf;
+    }
+  }
+}
+CONF
+  nginx -t -q -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >&2 || die "nginx -t rejected $d/nginx.conf"
+  start_server "nginx on $NGX (auth_basic on $NGXA, $NGINX_WORKERS worker(s), bcrypt cost $HTPASSWD_COST)" \
+    "$WORK/nginx.out" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf"
+  NGX_PID=$SERVER_PID
+  wait_http nginx "$NGX_PID" "$NGX/v2/"
+  wait_http nginx "$NGX_PID" "$NGXA/v2/"
+  # master + workers, for CPU and RSS (the workers live as long as the master)
+  read -r -a NGX_PIDS < <(echo "$NGX_PID" $(pgrep -P "$NGX_PID"))
+}
+
+# ---------------------------------------------------------------- test data
+declare -A BLOB_FILE BLOB_DIGEST BLOB_SIZE
+BLOB_LABELS=()
+make_blob() { # label MiB: random file, uploaded straight to the registry once
+  local label=$1 mib=$2 file=$WORK/blob-$1 res
+  log "blob $label: $mib MiB of random data"
+  head -c $(( mib * 1048576 )) /dev/urandom >"$file"
+  BLOB_FILE[$label]=$file
+  BLOB_SIZE[$label]=$(( mib * 1048576 ))
+  BLOB_DIGEST[$label]=sha256:$(sha256sum "$file" | cut -d' ' -f1)
+  res=$(blob_upload direct "$file" "${BLOB_DIGEST[$label]}" "${BLOB_SIZE[$label]}")
+  [ "${res%% *}" = 201 ] || die "seeding blob $label into the registry: $res"
+  BLOB_LABELS+=("$label")
+}
+prepare_data() {
+  log "pushing bench/img:small (manifest target)"
+  "$ROOT/tests/e2e/make-oci.sh" "$WORK/oci-small" v1 >/dev/null
+  timeout --foreground 120 skopeo --insecure-policy copy -q --dest-tls-verify=false \
+    "oci:$WORK/oci-small:v1" "docker://127.0.0.1:$REG_PORT/$REPO:small" >&2
+  MANIFEST_PATH=/v2/$REPO/manifests/small
+  make_blob "${BIG_MIB}MiB" "$BIG_MIB"
+  if [ "$HUGE_MIB" -gt 0 ] && [ "$HUGE_MIB" != "$BIG_MIB" ]; then make_blob "${HUGE_MIB}MiB" "$HUGE_MIB"; fi
+}
+
+# ---------------------------------------------------------------- quiet machine
 # % of all cores busy over 1 s (other processes compete with the benchmark on a
 # small box; a cargo build in the background makes every number meaningless)
 machine_busy_pct() {
@@ -329,14 +548,12 @@ wait_quiet() {
   fi
   echo "$busy"
 }
-BUSY_BEFORE=$(wait_quiet)
-LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-log "machine busy before load: ${BUSY_BEFORE}% of $(nproc) cores (loadavg $LOADAVG_BEFORE)"
-if awk -v b="$BUSY_BEFORE" 'BEGIN { exit !(b > 15) }'; then
-  warn "machine was ${BUSY_BEFORE}% busy before measuring (loadavg $LOADAVG_BEFORE): other processes compete for CPU, numbers are noisy"
-fi
 
-measure_head() { # target -> JSON
+# ---------------------------------------------------------------- measurements
+# Each prints one JSON object. Every one checks its exact request first and dies
+# unless it answers as expected; status counts of the load itself are checked after.
+
+measure_head() { # path
   exit_on_signals
   local tgt=$1 url auth out n cpu
   url=$(base_for "$tgt")$MANIFEST_PATH
@@ -354,8 +571,11 @@ measure_head() { # target -> JSON
   n=$(jq '[.statusCodeDistribution[]] | add // 0' "$out")
   acct_end "$tgt" "$n"; cpu=$ACCT_JSON
   wait "$SAMPLER_PID" || true
-  jq --argjson cpu "$cpu" \
-     --argjson conns "$(conn_sample_collect "$RAW/$tgt-head.conns")" '{
+  oha_summary "$out" "$cpu" "$(conn_sample_collect "$RAW/$tgt-head.conns")"
+}
+
+oha_summary() { # oha-json cpu-json connections
+  jq --argjson cpu "$2" --argjson conns "$3" '{
       tool: "oha",
       rps: .summary.requestsPerSec,
       p50_ms: (.latencyPercentiles.p50 * 1000),
@@ -364,10 +584,10 @@ measure_head() { # target -> JSON
       status_codes: .statusCodeDistribution,
       errors: .errorDistribution,
       registry_connections_mid_run: $conns,
-      cpu: $cpu}' "$out"
+      cpu: $cpu}' "$1"
 }
 
-measure_get() { # target -> JSON
+measure_get() { # path
   exit_on_signals
   local tgt=$1 url auth line n cpu
   url=$(base_for "$tgt")$MANIFEST_PATH
@@ -391,52 +611,110 @@ measure_get() { # target -> JSON
      '. + {tool: "wrk", registry_connections_mid_run: $conns, cpu: $cpu}' <<<"$line"
 }
 
-measure_blob() { # target -> JSON
+# scopegate's token endpoint: GET /token with Basic credentials and one pull scope.
+measure_token() { # (path is always "token")
   exit_on_signals
-  local tgt=$1 url auth i res code size speed speeds=() bad=0 cpu
-  url=$(base_for "$tgt")$BLOB_PATH
-  log "$tgt: blob GET x$BLOB_REPS (+1 warm-up)"
-  for i in $(seq 0 "$BLOB_REPS"); do
-    [ "$i" = 1 ] && acct_begin   # after the warm-up
+  local tgt=token url auth out n cpu tok
+  url="$GW/token?service=$SERVICE&scope=repository:$REPO:pull"
+  auth=$(auth_for basic)
+  tok=$(curl -sf --max-time 10 -H "Authorization: $auth" "$url" | jq -r '.token // empty') || true
+  [ -n "$tok" ] || die "pre-check GET $url did not answer 200 with a token"
+  log "token endpoint: oha -z $DURATION -c $CONCURRENCY GET /token"
+  conn_sample_start "$RAW/token.conns"
+  acct_begin
+  timeout --foreground -k 5 "$LOAD_LIMIT" "$OHA" -z "$DURATION" -c "$CONCURRENCY" --no-tui --output-format json \
+      --wait-ongoing-requests-after-deadline -H "Authorization: $auth" "$url" >"$RAW/token.json" 2>"$RAW/token.err" \
+    || die "oha failed for the token endpoint: $(tail -3 "$RAW/token.err")"
+  out=$RAW/token.json
+  n=$(jq '[.statusCodeDistribution[]] | add // 0' "$out")
+  acct_end "$tgt" "$n"; cpu=$ACCT_JSON
+  wait "$SAMPLER_PID" || true
+  oha_summary "$out" "$cpu" "$(conn_sample_collect "$RAW/token.conns")"
+}
+
+# One warm-up download (status + sha256 of the whole body checked), then BLOB_REPS
+# timed downloads to /dev/null (status + size checked).
+measure_blob_get() { # path label
+  exit_on_signals
+  local tgt=$1 label=$2 url auth i res code size speed speeds=() bad=0 cpu bytes sum
+  bytes=${BLOB_SIZE[$label]}
+  url=$(base_for "$tgt")/v2/$REPO/blobs/${BLOB_DIGEST[$label]}
+  local max_time=$(( 60 + bytes / 5000000 ))
+  log "$tgt: blob GET $label x$BLOB_REPS (+1 warm-up)"
+  auth=$(auth_for "$tgt")
+  local args=(-s --max-time "$max_time" -D "$WORK/get.hdr")
+  [ -n "$auth" ] && args+=(-H "Authorization: $auth")
+  sum=$(curl "${args[@]}" "$url" | sha256sum | cut -d' ' -f1) || sum=curl-failed
+  code=$(awk 'toupper($1) ~ /^HTTP\// { c = $2 } END { print c }' "$WORK/get.hdr")
+  [ "$code" = 200 ] && [ "sha256:$sum" = "${BLOB_DIGEST[$label]}" ] \
+    || die "pre-check blob GET $tgt $label returned $code with sha256:$sum (want 200 and ${BLOB_DIGEST[$label]})"
+  acct_begin
+  for i in $(seq 1 "$BLOB_REPS"); do
     auth=$(auth_for "$tgt")      # fresh bearer each time; not part of curl's speed
-    local args=(-s -o /dev/null --max-time 120 -w '%{http_code} %{size_download} %{speed_download}')
+    args=(-s -o /dev/null --max-time "$max_time" -w '%{http_code} %{size_download} %{speed_download}')
     [ -n "$auth" ] && args+=(-H "Authorization: $auth")
     res=$(curl "${args[@]}" "$url") || res="000 0 0"
     read -r code size speed <<<"$res"
-    if [ "$code" != 200 ] || [ "$size" != "$BLOB_SIZE" ]; then
-      [ "$i" = 0 ] && die "pre-check blob GET $tgt returned $code / $size bytes (want 200 / $BLOB_SIZE)"
-      bad=$((bad + 1)); continue
+    if [ "$code" != 200 ] || [ "$size" != "$bytes" ]; then
+      bad=$((bad + 1)); echo "GET $code $size bytes" >>"$RAW/$tgt-blobget-$label.bad"; continue
     fi
-    [ "$i" = 0 ] && continue   # warm-up (page cache, connection pools)
     speeds+=("$speed")
   done
   acct_end "$tgt" "$BLOB_REPS"; cpu=$ACCT_JSON
-  printf '%s\n' "${speeds[@]}" | jq -s --argjson bad "$bad" --argjson size "$BLOB_SIZE" --argjson cpu "$cpu" \
+  blob_summary GET "$bytes" "$bad" "$cpu" "${speeds[@]}"
+}
+
+# One warm-up upload, then BLOB_REPS timed uploads. Each is POST + PUT ?digest= with
+# the whole blob, and counts only if it answers 201 with the right digest. MB/s is the
+# blob size over the PUT's total time (the request, the body and the registry's commit).
+measure_blob_put() { # path label
+  exit_on_signals
+  local tgt=$1 label=$2 i res code secs speeds=() bad=0 cpu bytes
+  bytes=${BLOB_SIZE[$label]}
+  log "$tgt: blob PUT $label x$BLOB_REPS (+1 warm-up)"
+  res=$(blob_upload "$tgt" "${BLOB_FILE[$label]}" "${BLOB_DIGEST[$label]}" "$bytes")
+  [ "${res%% *}" = 201 ] || die "pre-check blob upload $tgt $label: $res (want 201)"
+  acct_begin
+  for i in $(seq 1 "$BLOB_REPS"); do
+    res=$(blob_upload "$tgt" "${BLOB_FILE[$label]}" "${BLOB_DIGEST[$label]}" "$bytes")
+    read -r code secs <<<"$res"
+    if [ "$code" != 201 ]; then
+      bad=$((bad + 1)); echo "upload: $res" >>"$RAW/$tgt-blobput-$label.bad"; continue
+    fi
+    speeds+=("$(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.0f", (s > 0) ? b / s : 0 }')")
+  done
+  acct_end "$tgt" "$BLOB_REPS"; cpu=$ACCT_JSON
+  blob_summary PUT "$bytes" "$bad" "$cpu" "${speeds[@]}"
+}
+
+blob_summary() { # direction bytes bad cpu-json speeds(bytes/s)...
+  local dir=$1 bytes=$2 bad=$3 cpu=$4; shift 4
+  printf '%s\n' "$@" | jq -s --arg dir "$dir" --argjson bad "$bad" --argjson size "$bytes" --argjson cpu "$cpu" \
       --argjson reps "$BLOB_REPS" '
-    (map(. / 1e6) | sort) as $s |
-    {tool: "curl", bytes: $size, samples_mbps: $s, bad_responses: $bad,
+    (map(select(. != null) | . / 1e6) | sort) as $s |
+    ($reps * $size / 1e6) as $mb |
+    {tool: "curl", direction: $dir, bytes: $size, samples_mbps: $s, bad_responses: $bad,
      mbps_median: (if ($s|length)>0 then $s[(($s|length)-1)/2|floor] else null end),
      mbps_min: $s[0], mbps_max: $s[-1],
      cpu: ($cpu + {
-       registry_us_per_mb: ($cpu.registry_cpu_s * 1e6 / ($reps * $size / 1e6)),
-       gateway_us_per_mb: (if $cpu.gateway_us_per_req == null then null
-                           else $cpu.gateway_cpu_s * 1e6 / ($reps * $size / 1e6) end)})}'
+       registry_us_per_mb: ($cpu.registry_cpu_s * 1e6 / $mb),
+       gateway_us_per_mb: (if $cpu.gateway_us_per_req == null then null else $cpu.gateway_cpu_s * 1e6 / $mb end),
+       nginx_us_per_mb: (if $cpu.nginx_us_per_req == null then null else $cpu.nginx_cpu_s * 1e6 / $mb end)}
+     | .proxy_us_per_mb = (.gateway_us_per_mb // .nginx_us_per_mb))}'
 }
 
-TARGETS=(direct bearer basic)
-declare -A HEAD GET BLOB
 # A measurement during which other processes used > OTHER_MAX cores is redone
 # (after wait_quiet) up to RETRIES times; the last attempt is kept either way.
-measure() { # function target -> JSON
+measure() { # function path [args] -> JSON
   local fn=$1 tgt=$2 out other try=0
   exit_on_signals
   while :; do
-    out=$("$fn" "$tgt")
+    out=$("$fn" "${@:2}")
     other=$(jq '.cpu.other_cores' <<<"$out")
     awk -v o="$other" -v m="$OTHER_MAX" 'BEGIN { exit !(o > m) }' || break
     [ "$try" -ge "$RETRIES" ] && break
     try=$((try + 1))
-    log "$tgt ${fn#measure_}: other processes used $other cores; retry $try/$RETRIES"
+    log "$tgt ${fn#measure_}${3:+ $3}: other processes used $other cores; retry $try/$RETRIES"
     [ "$QUIET_WAIT" -gt 0 ] && wait_quiet >/dev/null || sleep 5
   done
   jq --argjson attempts "$((try + 1))" '. + {attempts: $attempts}' <<<"$out"
@@ -445,116 +723,228 @@ measure() { # function target -> JSON
 # Each measurement runs as a background job and the main shell `wait`s for it:
 # `wait` returns as soon as a trapped signal arrives (a plain $(...) would only
 # let the trap run after the whole measurement), and cleanup stops the job's
-# process tree (MEASURE_PID).
-run_measure() { # function target -> JSON on stdout
-  measure "$1" "$2" >"$WORK/measure.out" &
+# process tree (MEASURE_PID). The result lands in $RES/<section>__[<label>__]<path>.json.
+run_measure() { # result-name function path [args]
+  local name=$1; shift
+  measure "$@" >"$RES/$name.json" &
   MEASURE_PID=$!
   wait "$MEASURE_PID"
   MEASURE_PID=
-  cat "$WORK/measure.out"
 }
-for tgt in "${TARGETS[@]}"; do
-  run_measure measure_head "$tgt" >"$WORK/head-$tgt.json"; HEAD[$tgt]=$(cat "$WORK/head-$tgt.json")
-  run_measure measure_get "$tgt" >"$WORK/get-$tgt.json"; GET[$tgt]=$(cat "$WORK/get-$tgt.json")
-  run_measure measure_blob "$tgt" >"$WORK/blob-$tgt.json"; BLOB[$tgt]=$(cat "$WORK/blob-$tgt.json")
-done
 
-# ---------------------------------------------------------------- sanity
-for tgt in "${TARGETS[@]}"; do
-  h=${HEAD[$tgt]}; g=${GET[$tgt]}; b=${BLOB[$tgt]}
-  non200=$(jq '[.status_codes | to_entries[] | select(.key != "200") | .value] | add // 0' <<<"$h")
-  errs=$(jq '[.errors[]?] | add // 0' <<<"$h")
-  if [ "$non200" != 0 ] || [ "$errs" != 0 ]; then
-    warn "$tgt HEAD: $non200 non-200 responses, $errs errors: $(jq -c '{status_codes, errors}' <<<"$h")"; ANY_BAD=1
-  fi
-  gerr=$(jq '.errors | add' <<<"$g")
-  if [ "$gerr" != 0 ]; then warn "$tgt GET: errors $(jq -c .errors <<<"$g")"; ANY_BAD=1; fi
-  for pair in "HEAD:$h" "GET:$g" "blob:$b"; do
-    other=$(jq '.cpu.other_cores' <<<"${pair#*:}")
+# ---------------------------------------------------------------- checks after the loads
+check_results() {
+  local f name h non200 errs other bad
+  for f in "$RES"/*.json; do
+    name=$(basename "$f" .json); h=$(cat "$f")
+    case $name in
+      head_manifest__*|token__*)
+        non200=$(jq '[.status_codes | to_entries[] | select(.key != "200") | .value] | add // 0' <<<"$h")
+        errs=$(jq '[.errors[]?] | add // 0' <<<"$h")
+        if [ "$non200" != 0 ] || [ "$errs" != 0 ]; then
+          warn "$name: $non200 non-200 responses, $errs errors: $(jq -c '{status_codes, errors}' <<<"$h")"; ANY_BAD=1
+        fi ;;
+      get_manifest__*)
+        errs=$(jq '.errors | add' <<<"$h")
+        if [ "$errs" != 0 ]; then warn "$name: errors $(jq -c .errors <<<"$h")"; ANY_BAD=1; fi ;;
+      blob_*)
+        bad=$(jq .bad_responses <<<"$h")
+        if [ "$bad" != 0 ]; then
+          warn "$name: $bad transfers not 200/201 with the full blob: $(cat "$RAW"/*.bad 2>/dev/null | sort | uniq -c | head -3 | tr '\n' ';')"
+          ANY_BAD=1
+        fi ;;
+    esac
+    other=$(jq '.cpu.other_cores' <<<"$h")
     if awk -v o="$other" -v m="$OTHER_MAX" 'BEGIN { exit !(o > m) }'; then
-      warn "$tgt ${pair%%:*}: ${other} cores of CPU used by other processes during the measurement (contaminated)"
+      warn "$name: ${other} cores of CPU used by other processes during the measurement (contaminated)"
     fi
   done
-  bb=$(jq .bad_responses <<<"$b")
-  if [ "$bb" != 0 ]; then warn "$tgt blob: $bb downloads not 200/full size"; ANY_BAD=1; fi
-done
-# gateway must not be logging errors/warnings during the run
-if grep -qE ' (WARN|ERROR) ' <(sed 's/\x1b\[[0-9;]*m//g' "$WORK/scopegate.err"); then
-  warn "scopegate logged WARN/ERROR lines:"
-  sed 's/\x1b\[[0-9;]*m//g' "$WORK/scopegate.err" | grep -E ' (WARN|ERROR) ' | head -5 >&2
-fi
-GW_LOG_LINES=$(wc -l <"$WORK/scopegate.err")
-
-# ---------------------------------------------------------------- 4. report
-mkdir -p "$RESULTS_DIR"
-obj() { # name assoc-array -> JSON object {direct:..,bearer:..,basic:..}
-  local -n arr=$2
-  jq -n --argjson d "${arr[direct]}" --argjson be "${arr[bearer]}" --argjson ba "${arr[basic]}" \
-    '{direct: $d, bearer: $be, basic: $ba}'
+  # scopegate must not log errors/warnings during the run, nginx no errors
+  if grep -qE ' (WARN|ERROR) ' <(sed 's/\x1b\[[0-9;]*m//g' "$WORK/scopegate.err"); then
+    warn "scopegate logged WARN/ERROR lines:"
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/scopegate.err" | grep -E ' (WARN|ERROR) ' | head -5 >&2
+  fi
+  if grep -qE '\[(error|crit|alert|emerg)\]' "$WORK/nginx/error.log" 2>/dev/null; then
+    warn "nginx logged errors: $(grep -E '\[(error|crit|alert|emerg)\]' "$WORK/nginx/error.log" | head -2 | tr '\n' ' ')"
+  fi
+  if [ -s "$WORK/hwm-reset-failed" ]; then
+    warn "could not reset VmHWM via /proc/PID/clear_refs: per-load RSS peaks are whole-run peaks"
+  fi
 }
-COMMIT=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
-RESULT=$(jq -n \
-  --argjson head "$(obj x HEAD)" --argjson get "$(obj x GET)" --argjson blob "$(obj x BLOB)" \
-  --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg commit "$COMMIT" --arg duration "$DURATION" \
-  --argjson conc "$CONCURRENCY" --argjson threads "$THREADS" --argjson reps "$BLOB_REPS" \
-  --argjson blob_size "$BLOB_SIZE" --arg nproc "$(nproc)" \
-  --arg oha "$("$OHA" --version 2>&1 | head -1)" --arg wrk "$(wrk -v 2>&1 | head -1 | awk '{print $1,$2}')" \
-  --arg registry "$(/usr/bin/docker-registry --version 2>&1 | head -1)" \
-  --arg bin_mtime "$(date -u -r "$SG" +%Y-%m-%dT%H:%M:%SZ)" --arg built "$([ "$SKIP_BUILD" = 1 ] && echo false || echo true)" \
-  --argjson gwlog "$GW_LOG_LINES" --argjson bad "$ANY_BAD" \
-  --argjson busy_before "$BUSY_BEFORE" --argjson busy_after "$(machine_busy_pct)" --arg loadavg "$LOADAVG_BEFORE" '
+
+# ---------------------------------------------------------------- report
+# latest.json = meta + every measurement (by section, size label and path) + the rows
+# of the printed tables + the targets.
+write_report() {
+  local measurements commit
+  measurements=$(for f in "$RES"/*.json; do
+      jq -c --arg name "$(basename "$f" .json)" '{path: ($name | split("__")), v: .}' "$f"
+    done | jq -s 'reduce .[] as $e ({}; setpath($e.path; $e.v))')
+  commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
+  RESULT=$(jq -n \
+    --argjson m "$measurements" \
+    --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg commit "$commit" --arg duration "$DURATION" \
+    --argjson conc "$CONCURRENCY" --argjson threads "$THREADS" --argjson reps "$BLOB_REPS" \
+    --arg big "${BIG_MIB}MiB" --arg huge "$([ "$HUGE_MIB" -gt 0 ] && echo "${HUGE_MIB}MiB")" \
+    --arg nproc "$(nproc)" --argjson ngx_workers "$NGINX_WORKERS" --argjson cost "$HTPASSWD_COST" \
+    --arg oha "$("$OHA" --version 2>&1 | head -1)" --arg wrk "$(wrk -v 2>&1 | head -1 | awk '{print $1,$2}')" \
+    --arg nginx "$(nginx -v 2>&1 | head -1)" --arg curl "$(curl --version | head -1 | awk '{print $1,$2}')" \
+    --arg registry "$(/usr/bin/docker-registry --version 2>&1 | head -1)" \
+    --arg bin "$SG" --arg bin_mtime "$(date -u -r "$SG" +%Y-%m-%dT%H:%M:%SZ)" \
+    --arg built "$([ "$SKIP_BUILD" = 1 ] && echo false || echo true)" \
+    --argjson gwlog "$(wc -l <"$WORK/scopegate.err")" --argjson bad "$ANY_BAD" \
+    --argjson rss_start "$GW_RSS_START_KIB" --argjson rss_run "$(hwm_whole_run "$GW_PID")" \
+    --argjson busy_before "$BUSY_BEFORE" --argjson busy_after "$(machine_busy_pct)" --arg loadavg "$LOADAVG_BEFORE" '
   def r(x): if x == null then null else ((x * 100 | round) / 100) end;
   def ratio(a; b): if (a == null or b == null or b == 0) then null else ((a / b * 1000 | round) / 1000) end;
+  def mib(kib): if kib == null then null else kib / 1024 end;
+  # one printed row: a metric for each path, and its ratios against direct and nginx
   def row(name; unit; f):
-    {metric: name, unit: unit, direct: r(.direct | f), bearer: r(.bearer | f), basic: r(.basic | f)}
-    | . + {ratio_bearer: ratio(.bearer; .direct), ratio_basic: ratio(.basic; .direct)};
-  def diag(name; unit; f): row(name; unit; f) | .ratio_bearer = null | .ratio_basic = null;
+    {metric: name, unit: unit,
+     direct: r(.direct | f), bearer: r(.bearer | f), basic: r(.basic | f),
+     nginx: r(.nginx | f), nginx_auth: r(.nginx_auth | f)}
+    | . + {bearer_vs_direct: ratio(.bearer; .direct), basic_vs_direct: ratio(.basic; .direct),
+           bearer_vs_nginx: ratio(.bearer; .nginx), basic_vs_nginx: ratio(.basic; .nginx),
+           bearer_vs_nginx_auth: ratio(.bearer; .nginx_auth), basic_vs_nginx_auth: ratio(.basic; .nginx_auth)};
+  def blobrows($size):
+    ($m.blob_get[$size] // {} | row("blob GET " + $size + " (median)"; "MB/s"; .mbps_median)),
+    ($m.blob_put[$size] // {} | row("blob PUT " + $size + " (median)"; "MB/s"; .mbps_median)),
+    ($m.blob_get[$size] // {} | row("blob GET " + $size + " proxy CPU/MB"; "us"; .cpu.proxy_us_per_mb)),
+    ($m.blob_put[$size] // {} | row("blob PUT " + $size + " proxy CPU/MB"; "us"; .cpu.proxy_us_per_mb)),
+    ($m.blob_get[$size] // {} | row("blob GET " + $size + " registry CPU/MB"; "us"; .cpu.registry_us_per_mb)),
+    ($m.blob_put[$size] // {} | row("blob PUT " + $size + " registry CPU/MB"; "us"; .cpu.registry_us_per_mb)),
+    ($m.blob_get[$size] // {} | row("blob GET " + $size + " proxy peak RSS"; "MiB"; .cpu.proxy_rss_peak_mib)),
+    ($m.blob_put[$size] // {} | row("blob PUT " + $size + " proxy peak RSS"; "MiB"; .cpu.proxy_rss_peak_mib));
+  def goal(name; v; op; limit; unit):
+    {target: name, value: (if v == null then null else ((v * 1000 | round) / 1000) end), goal: (op + " " + (limit | tostring) + " " + unit),
+     met: (if v == null then null elif op == ">=" then v >= limit elif op == "<=" then v <= limit else v < limit end)};
+  ($m.head_manifest // {}) as $head | ($m.get_manifest // {}) as $get | ($m.token.scopegate // null) as $tok |
+  [ $big, (if $huge != "" and $huge != $big then $huge else empty end) ] as $labels |
+  ([ ($head | row("HEAD manifest req/s (oha)"; "req/s"; .rps)),
+     ($head | row("HEAD manifest p50"; "ms"; .p50_ms)),
+     ($head | row("HEAD manifest p99"; "ms"; .p99_ms)),
+     ($get | row("GET manifest req/s (wrk)"; "req/s"; .rps)),
+     ($get | row("GET manifest p50"; "ms"; .p50_ms)),
+     ($get | row("GET manifest p99"; "ms"; .p99_ms)),
+     ($head | row("HEAD proxy CPU per req"; "us"; .cpu.proxy_us_per_req)),
+     ($get | row("GET proxy CPU per req"; "us"; .cpu.proxy_us_per_req)),
+     ($head | row("HEAD registry CPU per req"; "us"; .cpu.registry_us_per_req)),
+     ($get | row("GET registry CPU per req"; "us"; .cpu.registry_us_per_req)),
+     ($head | row("HEAD proxy peak RSS"; "MiB"; .cpu.proxy_rss_peak_mib)),
+     ($labels[] as $l | blobrows($l)),
+     ($head | row("HEAD conns to registry (mid-run)"; "n"; .registry_connections_mid_run)),
+     ($head | row("HEAD load-client CPU"; "cores"; .cpu.client_cores)),
+     ($head | row("HEAD other CPU"; "cores"; .cpu.other_cores)),
+     ($get | row("GET other CPU"; "cores"; .cpu.other_cores))
+   ] | map(select([.direct, .bearer, .basic, .nginx, .nginx_auth] | any(. != null)))) as $table |
+  ($labels[-1]) as $hl |
+  ([ goal("HEAD req/s bearer / direct"; ratio($head.bearer.rps; $head.direct.rps); ">="; 0.9; "x"),
+     goal("HEAD req/s basic / direct"; ratio($head.basic.rps; $head.direct.rps); ">="; 0.9; "x"),
+     goal("GET req/s bearer / direct"; ratio($get.bearer.rps; $get.direct.rps); ">="; 0.9; "x"),
+     goal("GET req/s basic / direct"; ratio($get.basic.rps; $get.direct.rps); ">="; 0.9; "x"),
+     goal("scopegate CPU per HEAD (bearer)"; $head.bearer.cpu.gateway_us_per_req; "<="; 50; "us"),
+     goal("scopegate CPU per HEAD (basic)"; $head.basic.cpu.gateway_us_per_req; "<="; 50; "us"),
+     goal("scopegate CPU per GET (bearer)"; $get.bearer.cpu.gateway_us_per_req; "<="; 50; "us"),
+     goal("scopegate CPU per GET (basic)"; $get.basic.cpu.gateway_us_per_req; "<="; 50; "us"),
+     ($labels[] as $l |
+       goal("blob GET " + $l + " bearer / direct"; ratio($m.blob_get[$l].bearer.mbps_median; $m.blob_get[$l].direct.mbps_median); ">="; 0.9; "x"),
+       goal("blob PUT " + $l + " bearer / direct"; ratio($m.blob_put[$l].bearer.mbps_median; $m.blob_put[$l].direct.mbps_median); ">="; 0.9; "x")),
+     goal("scopegate peak RSS, blob GET " + $hl + " (bearer)"; mib($m.blob_get[$hl].bearer.cpu.rss_peak_kib.scopegate); "<"; 64; "MiB"),
+     goal("scopegate peak RSS, blob PUT " + $hl + " (bearer)"; mib($m.blob_put[$hl].bearer.cpu.rss_peak_kib.scopegate); "<"; 64; "MiB"),
+     goal("scopegate peak RSS, whole run"; $rss_run / 1024; "<"; 64; "MiB"),
+     goal("token endpoint tokens/s"; $tok.rps; ">="; 10000; "tokens/s")
+   ] | map(select(.value != null))) as $goals |
   {
-    meta: {date: $date, commit: $commit, binary_mtime: $bin_mtime, built_this_run: ($built == "true"), duration: $duration, concurrency: $conc, wrk_threads: $threads,
-           blob_reps: $reps, blob_bytes: $blob_size, nproc: ($nproc | tonumber),
-           tools: {oha: $oha, wrk: $wrk, registry: $registry},
+    meta: {date: $date, commit: $commit, binary: $bin, binary_mtime: $bin_mtime, built_this_run: ($built == "true"),
+           duration: $duration, concurrency: $conc, wrk_threads: $threads, blob_reps: $reps,
+           blob_sizes: $labels, nproc: ($nproc | tonumber),
+           nginx_workers: $ngx_workers, htpasswd_bcrypt_cost: $cost,
+           tools: {oha: $oha, wrk: $wrk, curl: $curl, nginx: $nginx, registry: $registry},
            gateway_log_lines: $gwlog, had_bad_responses: ($bad == 1),
            machine_busy_pct_before: $busy_before, machine_busy_pct_after: $busy_after, loadavg_before: $loadavg},
-    head_manifest: $head, get_manifest: $get, blob_get: $blob,
-    table: [
-      ($head | row("HEAD manifest req/s (oha)"; "req/s"; .rps)),
-      ($head | row("HEAD manifest p50"; "ms"; .p50_ms)),
-      ($head | row("HEAD manifest p99"; "ms"; .p99_ms)),
-      ($get | row("GET manifest req/s (wrk)"; "req/s"; .rps)),
-      ($get | row("GET manifest p50"; "ms"; .p50_ms)),
-      ($get | row("GET manifest p99"; "ms"; .p99_ms)),
-      ($blob | row("blob GET throughput (median)"; "MB/s"; .mbps_median)),
-      ($head | row("HEAD registry CPU per req"; "us"; .cpu.registry_us_per_req)),
-      ($head | row("HEAD gateway CPU per req"; "us"; .cpu.gateway_us_per_req)),
-      ($head | diag("HEAD gateway CPU (cores)"; "cores"; .cpu.gateway_cores)),
-      ($get | row("GET registry CPU per req"; "us"; .cpu.registry_us_per_req)),
-      ($get | row("GET gateway CPU per req"; "us"; .cpu.gateway_us_per_req)),
-      ($blob | row("blob registry CPU per MB"; "us"; .cpu.registry_us_per_mb)),
-      ($blob | row("blob gateway CPU per MB"; "us"; .cpu.gateway_us_per_mb)),
-      ($head | diag("HEAD conns to registry (mid-run)"; "n"; .registry_connections_mid_run)),
-      ($head | diag("HEAD load-client CPU (cores)"; "cores"; .cpu.client_cores)),
-      ($head | diag("HEAD other CPU (cores)"; "cores"; .cpu.other_cores)),
-      ($get | diag("GET other CPU (cores)"; "cores"; .cpu.other_cores)),
-      ($blob | diag("blob other CPU (cores)"; "cores"; .cpu.other_cores))
-    ]
+    scopegate_rss: {start_mib: r($rss_start / 1024), whole_run_peak_mib: r($rss_run / 1024)},
+    head_manifest: $head, get_manifest: $get, token: $tok,
+    blob_get: ($m.blob_get // {}), blob_put: ($m.blob_put // {}),
+    table: $table,
+    targets: $goals
   }')
-printf '%s\n' "$RESULT" >"$RESULTS_DIR/latest.json"
-rm -rf "$RESULTS_DIR/raw"; cp -r "$RAW" "$RESULTS_DIR/raw"
+  mkdir -p "$RESULTS_DIR"
+  printf '%s\n' "$RESULT" >"$RESULTS_DIR/latest.json"
+  rm -rf "$RESULTS_DIR/raw"; cp -r "$RAW" "$RESULTS_DIR/raw"
+}
 
-{
-  printf '\nscopegate benchmark  commit=%s (binary built %s)  duration=%s  c=%s  blob=%s bytes x%s  (%s cores, loopback)\n\n' \
-    "$COMMIT" "$(date -u -r "$SG" +%H:%M:%SZ)" "$DURATION" "$CONCURRENCY" "$BLOB_SIZE" "$BLOB_REPS" "$(nproc)"
-  jq -r '.table[] | [.metric + " [" + .unit + "]", .direct, .bearer, .basic, .ratio_bearer, .ratio_basic]
+print_report() {
+  printf '\nscopegate benchmark  commit=%s (binary built %s)  duration=%s  c=%s  blobs=%s x%s  nginx: %s worker(s), bcrypt cost %s  (%s cores, loopback)\n' \
+    "$(jq -r .meta.commit <<<"$RESULT")" "$(date -u -r "$SG" +%H:%M:%SZ)" "$DURATION" "$CONCURRENCY" \
+    "$(jq -r '.meta.blob_sizes | join(",")' <<<"$RESULT")" "$BLOB_REPS" "$NGINX_WORKERS" "$HTPASSWD_COST" "$(nproc)"
+  printf '\n'
+  jq -r '.table[] | [.metric + " [" + .unit + "]", .direct, .bearer, .basic, .nginx, .nginx_auth]
          | map(if . == null then "-" else tostring end) | @tsv' <<<"$RESULT" |
   awk -F'\t' 'BEGIN {
-      fmt = "%-36s | %10s | %16s | %15s | %13s | %12s\n"
-      printf fmt, "metric", "direct", "gateway (bearer)", "gateway (basic)", "bearer/direct", "basic/direct"
-      printf fmt, "------------------------------------", "----------", "----------------", "---------------", "-------------", "------------"
+      fmt = "%-38s | %9s | %9s | %9s | %9s | %10s\n"
+      printf fmt, "metric", "direct", "sg bearer", "sg basic", "nginx", "nginx+auth"
+      printf fmt, "--------------------------------------", "---------", "---------", "---------", "---------", "----------"
     } { printf fmt, $1, $2, $3, $4, $5, $6 }'
-  printf '\nCPU rows: registry/gateway = utime+stime of that process during the load ("direct": gateway rows are -).\n'
-  printf '"other CPU" = machine busy time minus registry, gateway and load client: other processes. Near 0 = clean run.\n'
-  printf 'JSON: %s\n' "$RESULTS_DIR/latest.json"
+  printf '\nratios (req/s, MB/s: above 1 = scopegate faster; latency, CPU, RSS: above 1 = scopegate costlier)\n'
+  jq -r '.table[] | select(.unit != "cores" and .unit != "n")
+         | [.metric, .bearer_vs_direct, .basic_vs_direct, .bearer_vs_nginx, .basic_vs_nginx, .bearer_vs_nginx_auth, .basic_vs_nginx_auth]
+         | select(.[1:] | any(. != null))
+         | map(if . == null then "-" else tostring end) | @tsv' <<<"$RESULT" |
+  awk -F'\t' 'BEGIN {
+      fmt = "%-38s | %8s | %8s | %8s | %8s | %10s | %10s\n"
+      printf fmt, "metric", "bearer/", "basic/", "bearer/", "basic/", "bearer/", "basic/"
+      printf fmt, "", "direct", "direct", "nginx", "nginx", "nginx+auth", "nginx+auth"
+      printf fmt, "--------------------------------------", "--------", "--------", "--------", "--------", "----------", "----------"
+    } { printf fmt, $1, $2, $3, $4, $5, $6, $7 }'
+  jq -r 'if .token then
+           "\ntoken endpoint (GET /token, Basic, one pull scope): \(.token.rps | round) tokens/s, p50 \(.token.p50_ms * 100 | round / 100) ms, p99 \(.token.p99_ms * 100 | round / 100) ms, scopegate CPU \(.token.cpu.gateway_us_per_req | round) us/token"
+         else empty end,
+         "scopegate RSS: \(.scopegate_rss.start_mib) MiB after start, peak \(.scopegate_rss.whole_run_peak_mib) MiB over the run"' <<<"$RESULT"
+  printf '\ntargets (reported only; the run does not fail on them)\n'
+  jq -r '.targets[] | [.target, (.value | tostring), .goal, (if .met then "met" elif .met == false then "MISSED" else "-" end)] | @tsv' <<<"$RESULT" |
+    awk -F'\t' '{ printf "  %-44s %12s   %-18s %s\n", $1, $2, $3, $4 }'
+  printf '\nproxy = scopegate in the sg columns, nginx in the nginx columns. CPU = utime+stime of that\n'
+  printf 'process during the load; "other CPU" = machine busy time minus registry, proxies and load\n'
+  printf 'client (near 0 = clean run). JSON: %s\n' "$RESULTS_DIR/latest.json"
 }
+
+# ================================================================= main
+build_scopegate
+REG_PORT=$(free_port); GW_PORT=$(free_port); ADMIN_PORT=$(free_port); NGX_PORT=$(free_port); NGXA_PORT=$(free_port)
+REG=http://127.0.0.1:$REG_PORT
+GW=http://127.0.0.1:$GW_PORT
+ADMIN=http://127.0.0.1:$ADMIN_PORT
+NGX=http://127.0.0.1:$NGX_PORT
+NGXA=http://127.0.0.1:$NGXA_PORT
+start_registry
+start_scopegate
+start_nginx
+prepare_data
+
+RAW=$WORK/raw; RES=$WORK/res; mkdir -p "$RAW" "$RES"
+ANY_BAD=0
+BUSY_BEFORE=$(wait_quiet)
+LOADAVG_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+log "machine busy before load: ${BUSY_BEFORE}% of $(nproc) cores (loadavg $LOADAVG_BEFORE)"
+if awk -v b="$BUSY_BEFORE" 'BEGIN { exit !(b > 15) }'; then
+  warn "machine was ${BUSY_BEFORE}% busy before measuring (loadavg $LOADAVG_BEFORE): other processes compete for CPU, numbers are noisy"
+fi
+
+for tgt in $MANIFEST_TARGETS; do
+  run_measure "head_manifest__$tgt" measure_head "$tgt"
+  run_measure "get_manifest__$tgt" measure_get "$tgt"
+done
+if [ "$TOKEN_BENCH" = 1 ]; then run_measure token__scopegate measure_token token; fi
+for label in "${BLOB_LABELS[@]}"; do
+  for tgt in $BLOB_TARGETS; do
+    run_measure "blob_get__${label}__$tgt" measure_blob_get "$tgt" "$label"
+    run_measure "blob_put__${label}__$tgt" measure_blob_put "$tgt" "$label"
+  done
+done
+
+check_results
+write_report
+print_report
 
 if [ "$ANY_BAD" = 1 ] || [ ${#WARNINGS[@]} -gt 0 ]; then
   printf '\nWARNINGS:\n' ; printf '  - %s\n' "${WARNINGS[@]}"
