@@ -459,6 +459,40 @@ async fn foreign_bytes_in_the_path_are_refused() {
     assert_untouched(&fx.h, "foreign bytes");
 }
 
+/// Query strings are parsed strictly: `;` (which Go's parser drops, so two parsers would
+/// disagree), bad or non-UTF-8 escapes and characters that must be escaped are refused;
+/// what passes is re-encoded, never copied.
+#[tokio::test]
+async fn malformed_query_strings_are_refused_before_the_registry() {
+    let fx = fixture().await;
+    // (method, target, what the gateway says; empty when the HTTP layer refuses it first)
+    let cases: &[(&str, &str, &str)] = &[
+        ("PUT", "/v2/mine/blobs/uploads/u1?digest=sha256:aa;_state=x", "query contains ';'"),
+        ("POST", "/v2/mine/blobs/uploads/?mount=sha256:aa;from=victim/secret", "query contains ';'"),
+        ("PATCH", "/v2/mine/blobs/uploads/u1?_state=a%zz", "invalid percent-escape"),
+        ("PATCH", "/v2/mine/blobs/uploads/u1?_state=a%", "invalid percent-escape"),
+        ("PATCH", "/v2/mine/blobs/uploads/u1?_state=%ff%fe", "not valid UTF-8"),
+        ("PATCH", "/v2/mine/blobs/uploads/u1?_state=a\\b", "must be percent-encoded"),
+        ("GET", "/v2/mine/tags/list?n=1|2", "must be percent-encoded"),
+        ("PATCH", "/v2/mine/blobs/uploads/u1?_state=<x>", ""),
+    ];
+    for (m, target, why) in cases {
+        let case = format!("{m} {target}");
+        let w = fx.send(closing(m, target, &[("Authorization", &fx.mine)], "")).await;
+        let r = w.one(&case);
+        assert_eq!(r.status, 400, "{case}: {}", w.text);
+        assert_eq!(r.by_gateway(), !why.is_empty(), "{case}: {}", w.text);
+        if !why.is_empty() {
+            assert_eq!(r.code(), "INVALID_REQUEST", "{case}");
+            assert!(r.body.contains(why), "{case}: {}", r.body);
+        }
+    }
+    assert_untouched(&fx.h, "malformed queries");
+    let w = fx.send(closing("PATCH", "/v2/mine/blobs/uploads/u1?_state=a%2Fb%3D%3D&unknown=1", &[("Authorization", &fx.mine)], "")).await;
+    assert_eq!(w.one("control").status, 200, "{}", w.text);
+    assert_eq!(targets(&fx.h.upstream.seen()), ["PATCH /v2/mine/blobs/uploads/u1?_state=a%2Fb%3D%3D"], "re-encoded, unknown keys dropped");
+}
+
 /// Names over 255 characters and tags over 128 are refused (the registry checks them only
 /// after authorizing); request targets over the HTTP layer's limit get 414.
 #[tokio::test]
@@ -1302,6 +1336,40 @@ async fn a_session_token_for_one_repository_opens_nothing_else() {
     assert_untouched(&fx.h, "session used beyond its access");
 }
 
+/// The token server grants the intersection of what is asked and what is held: wildcard,
+/// pattern-like or invalid names, other repositories and another user named in `account`
+/// add nothing, and form credentials in a POST are checked, never replaced by a Basic
+/// header of someone else.
+#[tokio::test]
+async fn token_requests_get_nothing_beyond_what_the_caller_holds() {
+    let fx = fixture().await;
+    let queries = [
+        ("wildcard name", "scope=repository:*:*"),
+        ("prefix pattern", "scope=repository:mine/*:pull,push"),
+        ("another repository", "scope=repository:victim:pull,push,delete"),
+        ("upper-case twin", "scope=repository:Mine:pull"),
+        ("dot segments", "scope=repository:mine/../victim:pull"),
+        ("host-qualified", "scope=repository:localhost:5000/victim:pull"),
+        ("resource class", "scope=repository(plugin):victim:pull"),
+        ("space-joined", "scope=repository:victim:pull%20repository:victim:push"),
+        ("account of another user", "scope=repository:victim:pull&account=root"),
+        ("unknown type", "scope=admin:all:*"),
+    ];
+    for (case, q) in queries {
+        let w = fx.send(closing("GET", &format!("/token?service=scopegate&{q}"), &[("Authorization", &fx.mine)], "")).await;
+        let r = w.one(case);
+        assert_eq!(r.status, 200, "{case}: {}", w.text);
+        let claims = payload(r.json()["token"].as_str().unwrap());
+        assert_eq!(claims["sub"], "ci", "{case}");
+        assert_eq!(claims["access"], Value::Null, "{case}: {}", claims["access"]);
+    }
+    let form = "grant_type=password&service=scopegate&client_id=x&username=ci&password=sgp_wrong&scope=repository%3Amine%3Apull";
+    let w = fx.send(closing("POST", "/token", &[("Authorization", &fx.root), ("Content-Type", "application/x-www-form-urlencoded")], form)).await;
+    let r = w.one("wrong form password with another user's Basic header");
+    assert_eq!(r.status, 401, "{}", w.text);
+    assert!(!r.body.contains("token"), "{}", r.body);
+}
+
 const ISS: &str = "https://idp.example.test";
 const AUD: &str = "containerregistry";
 
@@ -1353,7 +1421,7 @@ fn idp_claims(now: i64, extra: Value) -> Value {
 /// at the token endpoint (`bearer:<jwt>`) and on `/v2` (`Bearer <jwt>`); no key URL is
 /// fetched and nothing is forwarded.
 #[tokio::test]
-async fn forged_and_invalid_external_tokens_are_refused() {
+async fn forged_external_tokens_and_keys_offered_in_their_headers_are_refused() {
     let (fx, rs, es, _dir) = federated().await;
     let now = fx.h.gw.state.clock.now().unix_timestamp();
     let admin = json!({"roles": ["containerregistry/admin/ctx-1"]});
@@ -2136,23 +2204,24 @@ async fn the_admin_api_refuses_other_media_types_and_oversized_bodies() {
 // Limits
 // ===================================================================================
 
-/// A manifest PUT declaring more than 4 MiB is refused with 413 before anything reaches the
-/// registry; exactly 4 MiB passes.
+/// A manifest PUT declaring more than 4 MiB is refused with 413 from its head alone: the
+/// body is never awaited (here it is never sent) and nothing reaches the registry. Exactly
+/// 4 MiB passes.
 #[tokio::test]
-async fn a_manifest_declared_over_the_limit_is_refused_before_the_registry() {
+async fn a_manifest_declared_over_the_limit_is_refused_before_its_body_is_read() {
     let fx = fixture().await;
-    let limit = 4 * 1024 * 1024;
+    let limit: usize = 4 * 1024 * 1024;
     let head = |len: usize| {
         format!(
             "PUT /v2/mine/manifests/v1 HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: {}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
             fx.mine
         )
     };
-    let mut over = head(limit + 1).into_bytes();
-    over.resize(over.len() + limit + 1, b'x');
-    let w = fx.send(&over).await;
-    let r = w.one("4 MiB + 1");
-    assert_eq!((r.status, r.code().as_str()), (413, "MANIFEST_INVALID"), "{}", r.head);
+    for (case, declared) in [("4 MiB + 1 declared", limit + 1), ("64 MiB declared", 64 * 1024 * 1024), ("1 TiB declared", 1 << 40)] {
+        let w = fx.send(head(declared)).await;
+        let r = w.one(case);
+        assert_eq!((r.status, r.code().as_str()), (413, "MANIFEST_INVALID"), "{case}: {}", r.head);
+    }
     assert_untouched(&fx.h, "oversized manifest");
     let mut at = head(limit).into_bytes();
     at.resize(at.len() + limit, b'x');
