@@ -37,10 +37,13 @@ pub struct Seen {
 
 /// A fake registry: records requests; answers catalog pages from `repos`, upload starts
 /// with an absolute Location on its own origin, and everything else with 200 `ok`.
+/// `reply_headers` are set on every answer (replacing any of the same name), for tests of
+/// what the gateway does with the registry's headers.
 pub struct FakeRegistry {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub repos: Arc<Mutex<Vec<String>>>,
+    pub reply_headers: Arc<Mutex<Vec<(String, String)>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -58,24 +61,32 @@ impl FakeRegistry {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let repos = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (Arc::clone(&seen), Arc::clone(&repos));
+        let reply_headers: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(Vec::new()));
+        let (s, r, x) = (Arc::clone(&seen), Arc::clone(&repos), Arc::clone(&reply_headers));
         let task = tokio::spawn(async move {
             // connections live in this set, so stopping the registry closes them all
             let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (s, r) = (Arc::clone(&s), Arc::clone(&r));
+                let (s, r, x) = (Arc::clone(&s), Arc::clone(&r), Arc::clone(&x));
                 while connections.try_join_next().is_some() {}
                 connections.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (s, r) = (Arc::clone(&s), Arc::clone(&r));
-                        async move { Ok::<_, std::convert::Infallible>(answer(req, addr, &s, &r).await) }
+                        let (s, r, x) = (Arc::clone(&s), Arc::clone(&r), Arc::clone(&x));
+                        async move {
+                            let mut resp = answer(req, addr, &s, &r).await;
+                            let extra = x.lock().unwrap().clone();
+                            for (k, v) in extra {
+                                resp.headers_mut().insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
-        FakeRegistry { addr, seen, repos, task: Mutex::new(Some(task)) }
+        FakeRegistry { addr, seen, repos, reply_headers, task: Mutex::new(Some(task)) }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
