@@ -217,7 +217,7 @@ where
         req.method(),
         req.uri().path(),
         req.uri().query(),
-        req.headers().get(header::CONTENT_TYPE),
+        route::single_content_type(req.headers())?,
         rt.config.limits.page,
     )?;
     t.endpoint = route.kind().as_str();

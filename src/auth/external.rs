@@ -190,10 +190,11 @@ impl ExternalIssuers {
             }
         };
         let exp = date("exp")?.ok_or_else(|| ExternalError::MissingClaim("exp".into()))?;
-        if exp + s.leeway_secs <= now {
+        // dates are the issuer's numbers: saturate, never overflow
+        if exp.saturating_add(s.leeway_secs) <= now {
             return Err(ExternalError::Expired);
         }
-        if date("nbf")?.is_some_and(|nbf| nbf - s.leeway_secs > now) {
+        if date("nbf")?.is_some_and(|nbf| nbf.saturating_sub(s.leeway_secs) > now) {
             return Err(ExternalError::NotYetValid);
         }
         date("iat")?;

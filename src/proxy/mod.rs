@@ -89,6 +89,7 @@ impl Upstream {
                 m.upstream_responses.with_label_values(&[status_class(resp.status().as_u16())]).inc();
                 Ok(resp)
             }
+            Err(e) if caused_by_client_body(&e) => Err(client_body_failure(&e)),
             Err(e) => {
                 let r = transport_failure(&e);
                 let kind = match r.status {
@@ -145,14 +146,23 @@ impl Upstream {
         let (mut parts, body) = req.into_parts();
         let is_manifest_put = matches!(route.endpoint, Endpoint::Manifest { .. }) && parts.method == http::Method::PUT;
         let body = if is_manifest_put {
+            // a manifest is small: read it whole, so one over the limit (declared or not,
+            // chunked or not) is refused before the registry sees any of it
             let max = self.limits.manifest_max_bytes;
+            let too_large = || Rejection::too_large(Code::ManifestInvalid, format!("manifest exceeds the {max}-byte limit"));
             let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > max) {
-                return Err(Rejection::too_large(Code::ManifestInvalid, format!("manifest exceeds the {max}-byte limit")));
+                return Err(too_large());
             }
-            stream(Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)))
+            let bytes = match Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+                Err(e) => return Err(client_body_failure(&*e)),
+            };
+            crate::body::full(bytes)
         } else {
-            stream(body)
+            // errors of the client's body are marked, so they are told apart from the registry's
+            stream(body.map_err(|e| BoxError::from(ClientBodyError(e.into()))))
         };
         let up = self.metrics.bytes.with_label_values(&["to_upstream"]);
         let body = stream(body.map_frame(move |f| {
@@ -177,6 +187,45 @@ impl Upstream {
         });
         Ok(Response::from_parts(parts, stream(body)))
     }
+}
+
+/// An error reading the client's request body while it was being forwarded.
+#[derive(Debug)]
+struct ClientBodyError(BoxError);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+fn caused_by_client_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<ClientBodyError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// The client's body could not be read (bad chunked framing, a connection cut short): the
+/// client's fault, 400, naming the innermost cause.
+fn client_body_failure(e: &(dyn std::error::Error + 'static)) -> Rejection {
+    let mut root = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        root = c.to_string();
+        cause = c.source();
+    }
+    Rejection::bad_request(Code::InvalidRequest, format!("the request body could not be read ({root})"))
 }
 
 /// Why the registry could not be used, as the client should hear it. The innermost cause

@@ -365,6 +365,17 @@ fn check_path_bytes(path: &str) -> Result<(), Rejection> {
 /// Form and multipart bodies are refused: distribution reads `from`/`mount`/`digest` from
 /// them with precedence over the query, so a gateway that reads only the query would be
 /// fooled (reference/protocol.md §5.2).
+/// The request's one `Content-Type`. Two or more are refused: the gateway and the registry
+/// could read different ones (a form type hidden behind an innocent first line).
+pub fn single_content_type(headers: &http::HeaderMap) -> Result<Option<&HeaderValue>, Rejection> {
+    let mut all = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(bad(Code::InvalidRequest, "more than one Content-Type header"));
+    }
+    Ok(first)
+}
+
 fn check_body_type(content_type: Option<&HeaderValue>) -> Result<(), Rejection> {
     let Some(v) = content_type else { return Ok(()) };
     let t = v.to_str().map_err(|_| bad(Code::InvalidRequest, "Content-Type is not ASCII"))?;
