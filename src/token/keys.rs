@@ -82,8 +82,10 @@ impl SigningKey {
 }
 
 /// Our key pairs as parsed at load, by their PKCS#8 bytes (a handful at most).
-fn parsed_keys() -> &'static RwLock<Vec<(Vec<u8>, Arc<EcdsaKeyPair>)>> {
-    static PARSED: OnceLock<RwLock<Vec<(Vec<u8>, Arc<EcdsaKeyPair>)>>> = OnceLock::new();
+type Parsed = RwLock<Vec<(Vec<u8>, Arc<EcdsaKeyPair>)>>;
+
+fn parsed_keys() -> &'static Parsed {
+    static PARSED: OnceLock<Parsed> = OnceLock::new();
     PARSED.get_or_init(RwLock::default)
 }
 
