@@ -113,7 +113,8 @@ impl LoginThrottle {
     /// A successful login clears its name's count (not its address's: one valid
     /// credential must not buy an address more guesses at others).
     pub fn succeeded(&self, name: Option<&str>) {
-        if let Some(n) = name {
+        // a read first: the common case (no failures on record) writes nothing
+        if let Some(n) = name.filter(|n| self.names.contains_key(*n)) {
             self.names.invalidate(n);
         }
     }
