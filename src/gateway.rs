@@ -139,8 +139,10 @@ fn record(state: &State, rt: &Runtime, id: &str, peer: SocketAddr, method: &Meth
 }
 
 /// Runs `attempt` under the failed-login throttle when `login` is a Basic login (see
-/// `Credential::basic_login`); `failed` says whether its result is a failed login. A caller
-/// who must wait is refused with 429 before the attempt is looked at.
+/// `Credential::basic_login`); `failed` says whether its result is a failed login (a secret
+/// that matched nothing; a disabled token with its right password is no guess, and must
+/// work again at once when it is enabled). A caller who must wait is refused with 429
+/// before the attempt is looked at.
 async fn throttled<T>(
     state: &State,
     rt: &Runtime,
@@ -183,7 +185,7 @@ where
     let login = credential.as_ref().ok().and_then(Credential::basic_login).map(|n| n.map(str::to_owned));
     let policy = state.policy();
     let attempt = crate::token::handle(req, credential, &policy, &rt.auth, &rt.config.token, state.clock.now());
-    let login_failed = |r: &Result<_, Rejection>| r.as_ref().is_err_and(|e| e.status == http::StatusCode::UNAUTHORIZED);
+    let login_failed = |r: &Result<_, Rejection>| r.as_ref().is_err_and(|e| e.wrong_secret);
     let result = match throttled(state, rt, login.as_ref().map(Option::as_deref), client, attempt, login_failed).await {
         Ok(r) => r,
         Err(r) => {
@@ -237,7 +239,8 @@ where
     t.credential = credential.kind();
     let policy = state.policy();
     let attempt = rt.auth.authenticate(&credential, &policy, state.clock.now());
-    let principal = throttled(state, rt, credential.basic_login(), client, attempt, Result::is_err)
+    let wrong_secret = |r: &Result<_, crate::auth::AuthFailure>| r.as_ref().is_err_and(|f| f.wrong_secret);
+    let principal = throttled(state, rt, credential.basic_login(), client, attempt, wrong_secret)
         .await
         .inspect_err(|_| t.outcome = Outcome::Denied)?
         .map_err(|f| Rejection::auth_failed(f, need.hints()))?;

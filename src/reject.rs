@@ -93,11 +93,13 @@ pub struct Rejection {
     pub allow: Option<&'static str>,
     /// `Retry-After` (seconds) for a 429.
     pub retry_after: Option<u64>,
+    /// A login whose secret matched nothing (what the failed-login throttle counts).
+    pub wrong_secret: bool,
 }
 
 impl Rejection {
     fn new(status: StatusCode, code: Code, fault: Fault, message: impl Into<Cow<'static, str>>) -> Self {
-        Rejection { status, code, message: message.into(), fault, challenge: None, allow: None, retry_after: None }
+        Rejection { status, code, message: message.into(), fault, challenge: None, allow: None, retry_after: None, wrong_secret: false }
     }
 
     /// The client sent something malformed.
@@ -264,7 +266,9 @@ impl Rejection {
     /// request needs (`error="invalid_token"` when a Bearer token was sent).
     pub fn auth_failed(f: crate::auth::AuthFailure, hints: Vec<ScopeHint>) -> Self {
         let error = f.bearer.then_some(ChallengeError::InvalidToken);
-        Rejection::unauthorized(Challenge { scopes: hints, error }, f.reason)
+        let mut r = Rejection::unauthorized(Challenge { scopes: hints, error }, f.reason);
+        r.wrong_secret = f.wrong_secret;
+        r
     }
 }
 

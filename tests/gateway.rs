@@ -833,6 +833,26 @@ async fn unknown_token_names_are_throttled_like_real_ones() {
 }
 
 #[tokio::test]
+async fn a_disabled_token_used_with_its_right_password_is_not_throttled() {
+    let h = limited(|raw| {
+        let f = &mut raw.limits.failed_logins;
+        (f.delay_after, f.lockout_after) = (1, 2);
+    })
+    .await;
+    let pw = h.token("ci", &[("team/app", &["content/read"])]).await;
+    let (target, auth) = ("/v2/team/app/manifests/v1", basic("ci", &pw));
+    assert_eq!(h.admin("PATCH", "/api/v1/tokens/ci", Some(json!({"status": "disabled"}))).await.status, StatusCode::OK);
+    for _ in 0..5 {
+        let r = h.v2("GET", target, &[("authorization", &auth)]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+        assert!(r.text().contains("disabled"), "{}", r.text());
+    }
+    // re-enabled, it works at once: none of those attempts was a guess
+    assert_eq!(h.admin("PATCH", "/api/v1/tokens/ci", Some(json!({"status": "enabled"}))).await.status, StatusCode::OK);
+    assert_eq!(h.v2("GET", target, &[("authorization", &auth)]).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn too_many_or_too_large_headers_get_431_and_reach_nothing() {
     let h = limited(|raw| raw.limits.max_headers = 20).await;
     let many: String = (0..25).map(|i| format!("X-Filler-{i}: v\r\n")).collect();

@@ -92,16 +92,24 @@ impl Credential {
 }
 
 /// Authentication failed. `reason` is safe to show the caller; `bearer` says whether a
-/// Bearer token was presented (the challenge then carries `error="invalid_token"`).
+/// Bearer token was presented (the challenge then carries `error="invalid_token"`);
+/// `wrong_secret` says the secret matched nothing (an unknown user, a wrong password, an
+/// unknown API key): what a guesser sees, and what the failed-login throttle counts. A
+/// right secret refused for another reason (disabled, expired) is not a guess.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthFailure {
     pub bearer: bool,
     pub reason: Cow<'static, str>,
+    pub wrong_secret: bool,
 }
 
 impl AuthFailure {
     fn new(bearer: bool, reason: impl Into<Cow<'static, str>>) -> Self {
-        AuthFailure { bearer, reason: reason.into() }
+        AuthFailure { bearer, reason: reason.into(), wrong_secret: false }
+    }
+
+    fn wrong_secret(reason: &'static str) -> Self {
+        AuthFailure { bearer: false, reason: Cow::Borrowed(reason), wrong_secret: true }
     }
 }
 
@@ -267,8 +275,8 @@ impl Authenticator {
                 matched = Some(slot);
             }
         }
-        let (Some(token), Some(slot)) = (token, matched) else { return Err(AuthFailure::new(false, BAD_LOGIN)) };
-        let p = token.password(slot).ok_or_else(|| AuthFailure::new(false, BAD_LOGIN))?;
+        let (Some(token), Some(slot)) = (token, matched) else { return Err(AuthFailure::wrong_secret(BAD_LOGIN)) };
+        let p = token.password(slot).ok_or_else(|| AuthFailure::wrong_secret(BAD_LOGIN))?;
         let holder = Holder::Token { name: token.name.clone(), binding: Binding { slot, password_id: p.id.clone() } };
         self.live_check(policy, &holder, now, false)?;
         let binding = Binding { slot, password_id: p.id.clone() };
@@ -286,7 +294,7 @@ impl Authenticator {
             }
             self.cache.invalidate(&ck);
         }
-        let k = policy.api_key_by_digest(&key.digest()).ok_or_else(|| AuthFailure::new(false, "invalid API key"))?;
+        let k = policy.api_key_by_digest(&key.digest()).ok_or_else(|| AuthFailure::wrong_secret("invalid API key"))?;
         let holder = Holder::ApiKey { name: k.name.clone(), key_id: k.id.clone() };
         self.live_check(policy, &holder, now, false)?;
         self.cache.insert(ck, Cached::ApiKey { name: k.name.clone(), key_id: k.id.clone() });

@@ -1,6 +1,7 @@
-//! Failed-login throttling. Every failed Basic login (a token password, an API key or an
-//! external JWT presented as a password) counts against the token name it named and the
-//! client address it came from. Past `delay_after` failures within the window, each
+//! Failed-login throttling. Every Basic login whose secret matched nothing (an unknown
+//! user, a wrong password, an unknown API key) counts against the token name it named and
+//! the client address it came from; a right secret refused for another reason (a disabled
+//! token, an expired password) is no guess and does not count. Past `delay_after` failures within the window, each
 //! further failure makes the caller wait (1 s, 2 s, 4 s … up to `max_delay_secs`) before
 //! the next attempt is even looked at; at `lockout_after` the name or address is locked out
 //! for `lockout_secs`. A waiting or locked-out caller gets 429 with `Retry-After` whether

@@ -183,7 +183,9 @@ fn mint_refresh(auth: &Authenticator, policy: &Policy, login: &Login, settings: 
 }
 
 fn login_failure(f: AuthFailure) -> Rejection {
-    Rejection::unauthenticated(f.reason)
+    let mut r = Rejection::unauthenticated(f.reason);
+    r.wrong_secret = f.wrong_secret;
+    r
 }
 
 async fn parse_form<B>(req: Request<B>) -> Result<TokenRequest, Rejection>
