@@ -25,10 +25,18 @@ use postgres::Postgres;
 
 const MANIFEST: &str = "/v2/team/app/manifests/v1";
 
-/// One replica: `scopegate serve` on ports 0 with `--database-url`, its own data dir.
+/// One replica: `scopegate serve` on ports 0 with `--database-url`, its own data dir. The
+/// tests poll a replica every 10 ms with a token it may not know yet (it was just created
+/// through the other one); the failed-login throttle, which has tests of its own, would
+/// answer those polls 429, so it is off here.
 fn start_replica(dir: &Path, upstream: &str, database_url: &str) -> (Proc, String, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("scopegate.yaml");
+    std::fs::write(&config, "limits:\n  failed_logins:\n    enabled: false\n").unwrap();
     let args: Vec<std::ffi::OsString> = vec![
         "serve".into(),
+        "--config".into(),
+        config.into(),
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--admin-listen".into(),
