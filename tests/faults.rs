@@ -15,7 +15,10 @@
 //! read-only by a filesystem error, as `errors=remount-ro` does: Linux refuses `mount -o
 //! remount,ro` while the gateway holds the database open for writing). Admin writes must
 //! then fail with a clear 5xx JSON error and change nothing, while registry requests of
-//! existing tokens are still decided; once the filesystem is writable again, writes work.
+//! existing tokens are still decided; once the filesystem is writable again, writes work
+//! (the full disk without a restart; the read-only one, which Linux keeps read-only until
+//! it is unmounted, after a restart, having shown that a gateway restarted on the still
+//! read-only store either refuses to start or decides and refuses writes).
 //!
 //! Every test takes one lock, so no two run at once: the file-descriptor counts are of
 //! the whole test process. Nothing waits a fixed time for something to happen: every wait
@@ -656,6 +659,65 @@ fn assert_store_failure(r: &harness::Resp, what: &str, words: &[&str]) -> String
     message
 }
 
+/// A gateway process of the test's own making, killed and reaped when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// How a start that may fail went.
+enum Start {
+    Refused { code: Option<i32>, stderr: String },
+    Ready { child: Child, public: String, admin_url: String },
+}
+
+/// `scopegate <args>` (stderr to `<dir>/gateway.log`): ready (its public `host:port` and
+/// admin URL from the ready line) or exited, whichever comes first within 30 s.
+fn try_start(dir: &Path, args: &[std::ffi::OsString]) -> Start {
+    use std::io::BufRead;
+    std::fs::create_dir_all(dir).unwrap();
+    let log = dir.join("gateway.log");
+    let mut cmd = Command::new(harness::BIN);
+    let mut child = harness::scrubbed(&mut cmd)
+        .args(args)
+        .env("SCOPEGATE_ADMIN_TOKEN", harness::ADMIN_TOKEN)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", harness::BIN));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut child = Child(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(line) = rx.try_recv() {
+            if let Some(rest) = line.strip_prefix("scopegate ready: ") {
+                let field = |key: &str| rest.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} in {line:?}")).to_owned();
+                let public = field("public=").strip_prefix("http://").unwrap_or_else(|| panic!("a plain public URL in {line:?}")).to_owned();
+                return Start::Ready { child, public, admin_url: field("admin=") };
+            }
+        }
+        if let Some(status) = child.0.try_wait().unwrap() {
+            let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!("scopegate exited with {status}: {stderr}");
+            return Start::Refused { code: status.code(), stderr };
+        }
+        assert!(Instant::now() < end, "scopegate neither became ready nor exited within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The test's registry and gateway (store in `data`), an image `faults/app:v1` in the
 /// registry and a token `puller` that may read it. Returns them with the image's digest.
 fn store_env(test: &str, data: &Path) -> (harness::Env, harness::Token, String) {
@@ -739,6 +801,29 @@ fn a_store_forced_read_only_fails_admin_writes_with_a_clear_error_and_decisions_
     harness::send_signal(pid, "TERM");
     let status = env.gateway_proc().wait_exit(Duration::from_secs(40)).expect("the gateway exits on SIGTERM");
     assert!(status.success(), "the gateway on a read-only store exits 0 on SIGTERM, got {status}");
+    // A gateway started on the still read-only store (a restart while the volume stays
+    // read-only) either refuses to start and names the store, or starts, decides from
+    // what it can read and refuses writes as the running one did.
+    match try_start(&env.path("gateway-on-ro"), &gateway_args(&env.upstream, &data)) {
+        Start::Refused { code, stderr } => {
+            assert_ne!(code, Some(0), "a refusal to start exits non-zero: {stderr}");
+            assert!(stderr.contains("store"), "the refusal to start should name the store: {stderr}");
+        }
+        Start::Ready { mut child, public, admin_url } => {
+            let (old_public, old_admin) = (std::mem::replace(&mut env.public, public), std::mem::replace(&mut env.admin_url, admin_url));
+            assert_eq!(listing(&env), before, "the restarted gateway sees the store as it was");
+            assert_decides(&env, &t, &digest, "restarted on the read-only store");
+            let r = admin(&env, "POST", "/api/v1/scope-maps", Some(&map_body("after-ro")));
+            assert_store_failure(&r, "scope map create after a restart on the read-only store", &["read-only", "readonly", "i/o"]);
+            harness::send_signal(child.0.id(), "TERM");
+            let end = Instant::now() + Duration::from_secs(40);
+            while child.0.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < end, "the gateway started on the read-only store did not exit on SIGTERM");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (env.public, env.admin_url) = (old_public, old_admin);
+        }
+    }
     assert!(disk.unmount(), "unmount {}", disk.mnt.display());
     disk.mount_image();
     let (gateway, public, admin_url) = harness::launch_gateway(&env.path("gateway"), &gateway_args(&env.upstream, &data), "http");
@@ -749,4 +834,25 @@ fn a_store_forced_read_only_fails_admin_writes_with_a_clear_error_and_decisions_
     assert_decides(&env, &t, &digest, "restarted on the writable store");
     let r = admin(&env, "POST", "/api/v1/scope-maps", Some(&map_body("after-ro")));
     assert_eq!(r.status, 201, "a write on the writable store: {}", r.text());
+}
+
+#[test]
+#[ignore = "FINDING: an admin write that fails in the store (500 `store failure: database or disk is full`) leaves no line in the gateway's log (stderr, level info) nor in the audit log; only the API caller learns of it"]
+fn a_store_write_failure_is_logged_for_the_operator() {
+    let _serial = serial();
+    let disk = Scratch::tmpfs("4m");
+    let (env, _t, _digest) = store_env("faults-log", &disk.mnt.join("data"));
+    disk.fill();
+    let r = admin(&env, "POST", "/api/v1/scope-maps", Some(&map_body("after-full")));
+    assert_store_failure(&r, "scope map create on a full disk", &["full", "space"]);
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = env.gateway_log();
+        let named = log.lines().any(|l| (l.contains("WARN") || l.contains("ERROR")) && l.contains("store") && l.contains("full"));
+        if named {
+            return;
+        }
+        assert!(Instant::now() < end, "the gateway's log should name the failed store write (WARN/ERROR, `store`, `full`); it holds:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
