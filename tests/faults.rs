@@ -837,7 +837,6 @@ fn a_store_forced_read_only_fails_admin_writes_with_a_clear_error_and_decisions_
 }
 
 #[test]
-#[ignore = "FINDING: an admin write that fails in the store (500 `store failure: database or disk is full`) leaves no line in the gateway's log (stderr, level info) nor in the audit log; only the API caller learns of it"]
 fn a_store_write_failure_is_logged_for_the_operator() {
     let _serial = serial();
     let disk = Scratch::tmpfs("4m");

@@ -67,7 +67,13 @@ where
     match route(&state, req).await {
         Ok((status, v)) => json_response(status, &v),
         // the admin API never challenges: there is no realm to point at
-        Err(r) => r.to_response("", ""),
+        Err(r) => {
+            // a write that failed in the store is the operator's business, not only the caller's
+            if r.fault != crate::reject::Fault::Client {
+                tracing::warn!(status = r.status.as_u16(), error = %r.message, "admin request failed");
+            }
+            r.to_response("", "")
+        }
     }
 }
 

@@ -111,28 +111,29 @@ impl SqliteStore {
         if fresh {
             restrict_permissions(&path)?;
         }
-        Self::init(conn)
+        // name the file: "unable to open database file" alone does not say which, or why
+        Self::init(conn).map_err(|e| backend(format!("{}: {e} (the data directory must be writable)", path.display())))
     }
 
     /// An in-memory store (tests).
     pub fn in_memory() -> Result<SqliteStore, StoreError> {
-        Self::init(Connection::open_in_memory().map_err(backend)?)
+        Self::init(Connection::open_in_memory().map_err(sqlite_err)?)
     }
 
     fn init(mut conn: Connection) -> Result<SqliteStore, StoreError> {
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(backend)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(backend)?;
-        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sqlite_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(sqlite_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(sqlite_err)?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sqlite_err)?;
         if version > MIGRATIONS.len() {
             return Err(backend(format!("database schema version {version} is newer than this scopegate ({})", MIGRATIONS.len())));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction().map_err(backend)?;
-            tx.execute_batch(sql).map_err(backend)?;
-            tx.pragma_update(None, "user_version", i + 1).map_err(backend)?;
-            tx.commit().map_err(backend)?;
+            let tx = conn.transaction().map_err(sqlite_err)?;
+            tx.execute_batch(sql).map_err(sqlite_err)?;
+            tx.pragma_update(None, "user_version", i + 1).map_err(sqlite_err)?;
+            tx.commit().map_err(sqlite_err)?;
         }
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
@@ -140,16 +141,16 @@ impl SqliteStore {
     /// A write: one transaction that also bumps the epoch and logs the records it touched.
     fn with_tx<T>(&self, changed: &[Changed], f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().map_err(|_| backend("store lock poisoned"))?;
-        let tx = conn.transaction().map_err(backend)?;
+        let tx = conn.transaction().map_err(sqlite_err)?;
         let out = f(&tx)?;
-        tx.execute("UPDATE settings SET value = CAST(CAST(value AS INTEGER) + 1 AS BLOB) WHERE key = 'epoch'", []).map_err(backend)?;
+        tx.execute("UPDATE settings SET value = CAST(CAST(value AS INTEGER) + 1 AS BLOB) WHERE key = 'epoch'", []).map_err(sqlite_err)?;
         let epoch = rev(read_epoch(&tx)?)?;
         for c in changed {
             let (kind, name) = c.columns();
-            tx.execute("INSERT INTO changes (epoch, kind, name) VALUES (?1, ?2, ?3)", params![epoch, kind, name]).map_err(backend)?;
+            tx.execute("INSERT INTO changes (epoch, kind, name) VALUES (?1, ?2, ?3)", params![epoch, kind, name]).map_err(sqlite_err)?;
         }
-        tx.execute("DELETE FROM changes WHERE epoch <= ?1", [epoch - rev(CHANGE_LOG_SPAN)?]).map_err(backend)?;
-        tx.commit().map_err(backend)?;
+        tx.execute("DELETE FROM changes WHERE epoch <= ?1", [epoch - rev(CHANGE_LOG_SPAN)?]).map_err(sqlite_err)?;
+        tx.commit().map_err(sqlite_err)?;
         Ok(out)
     }
 
@@ -161,9 +162,9 @@ impl SqliteStore {
     /// Several reads that must agree (one connection, one transaction).
     fn snapshot<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().map_err(|_| backend("store lock poisoned"))?;
-        let tx = conn.transaction().map_err(backend)?;
+        let tx = conn.transaction().map_err(sqlite_err)?;
         let out = f(&tx)?;
-        tx.commit().map_err(backend)?;
+        tx.commit().map_err(sqlite_err)?;
         Ok(out)
     }
 }
@@ -180,10 +181,10 @@ fn restrict_permissions(_: &Path) -> Result<(), StoreError> {
 }
 
 fn write_rules(tx: &Transaction<'_>, map: &ScopeMap) -> Result<(), StoreError> {
-    tx.execute("DELETE FROM scope_map_rules WHERE map = ?1", [map.name.as_str()]).map_err(backend)?;
+    tx.execute("DELETE FROM scope_map_rules WHERE map = ?1", [map.name.as_str()]).map_err(sqlite_err)?;
     for (p, a) in map.rules() {
         tx.execute("INSERT INTO scope_map_rules (map, pattern, actions) VALUES (?1, ?2, ?3)", params![map.name.as_str(), p.to_string(), actions_text(*a)])
-            .map_err(backend)?;
+            .map_err(sqlite_err)?;
     }
     Ok(())
 }
@@ -194,7 +195,7 @@ fn insert_map(tx: &Transaction<'_>, map: &ScopeMap) -> Result<(), StoreError> {
             "INSERT INTO scope_maps (name, description, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
             params![map.name.as_str(), map.description, ts(map.created)],
         )
-        .map_err(backend)?;
+        .map_err(sqlite_err)?;
     if n == 0 {
         return Err(StoreError::Conflict(format!("scope map {}", map.name)));
     }
@@ -202,13 +203,13 @@ fn insert_map(tx: &Transaction<'_>, map: &ScopeMap) -> Result<(), StoreError> {
 }
 
 fn write_passwords(tx: &Transaction<'_>, t: &Token) -> Result<(), StoreError> {
-    tx.execute("DELETE FROM token_passwords WHERE token = ?1", [t.name.as_str()]).map_err(backend)?;
+    tx.execute("DELETE FROM token_passwords WHERE token = ?1", [t.name.as_str()]).map_err(sqlite_err)?;
     for (slot, p) in t.passwords() {
         tx.execute(
             "INSERT INTO token_passwords (token, slot, id, digest, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![t.name.as_str(), slot.as_str(), p.id, &p.digest[..], ts(p.created), p.expiry.map(ts)],
         )
-        .map_err(backend)?;
+        .map_err(sqlite_err)?;
     }
     Ok(())
 }
@@ -224,9 +225,9 @@ impl Store for SqliteStore {
             if !log_covers(since, read_u64_setting(c, CHANGES_FROM_KEY)?, epoch) {
                 return Ok(None);
             }
-            let mut st = c.prepare_cached("SELECT DISTINCT kind, name FROM changes WHERE epoch > ?1 ORDER BY kind, name").map_err(backend)?;
-            let rows = st.query_map([rev(since)?], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(backend)?;
-            let changed = rows.map(|r| r.map_err(backend).and_then(|(k, n)| Changed::from_columns(&k, &n))).collect::<Result<Vec<_>, _>>()?;
+            let mut st = c.prepare_cached("SELECT DISTINCT kind, name FROM changes WHERE epoch > ?1 ORDER BY kind, name").map_err(sqlite_err)?;
+            let rows = st.query_map([rev(since)?], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(sqlite_err)?;
+            let changed = rows.map(|r| r.map_err(sqlite_err).and_then(|(k, n)| Changed::from_columns(&k, &n))).collect::<Result<Vec<_>, _>>()?;
             read_changed(&mut Reader(c), epoch, changed).map(Some)
         })
     }
@@ -246,7 +247,7 @@ impl Store for SqliteStore {
                     "UPDATE scope_maps SET description = ?2, revision = revision + 1 WHERE name = ?1 AND revision = ?3",
                     params![map.name.as_str(), map.description, rev(map.revision)?],
                 )
-                .map_err(backend)?;
+                .map_err(sqlite_err)?;
             if n == 0 {
                 return Err(missing_or_stale(tx, "scope_maps", map.name.as_str(), format!("scope map {}", map.name)));
             }
@@ -258,15 +259,15 @@ impl Store for SqliteStore {
         self.with_tx(&[Changed::Map(name.clone())], |tx| {
             for (table, what) in [("tokens", "token(s)"), ("api_keys", "API key(s)")] {
                 let users: Vec<String> = {
-                    let mut st = tx.prepare(&format!("SELECT name FROM {table} WHERE scope_map = ?1 ORDER BY name LIMIT 5")).map_err(backend)?;
-                    let rows = st.query_map([name.as_str()], |r| r.get(0)).map_err(backend)?;
-                    rows.collect::<Result<_, _>>().map_err(backend)?
+                    let mut st = tx.prepare(&format!("SELECT name FROM {table} WHERE scope_map = ?1 ORDER BY name LIMIT 5")).map_err(sqlite_err)?;
+                    let rows = st.query_map([name.as_str()], |r| r.get(0)).map_err(sqlite_err)?;
+                    rows.collect::<Result<_, _>>().map_err(sqlite_err)?
                 };
                 if !users.is_empty() {
                     return Err(StoreError::InUse(format!("scope map {name} is used by {what} {}; assign them another map first", users.join(", "))));
                 }
             }
-            let n = tx.execute("DELETE FROM scope_maps WHERE name = ?1", [name.as_str()]).map_err(backend)?;
+            let n = tx.execute("DELETE FROM scope_maps WHERE name = ?1", [name.as_str()]).map_err(sqlite_err)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("scope map {name}")));
             }
@@ -284,7 +285,7 @@ impl Store for SqliteStore {
                     "INSERT INTO tokens (name, scope_map, status, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING",
                     params![token.name.as_str(), token.scope_map.as_str(), token.status.as_str(), ts(token.created)],
                 )
-                .map_err(backend)?;
+                .map_err(sqlite_err)?;
             if n == 0 {
                 return Err(StoreError::Conflict(format!("token {}", token.name)));
             }
@@ -299,7 +300,7 @@ impl Store for SqliteStore {
                     "UPDATE tokens SET scope_map = ?2, status = ?3, revision = revision + 1 WHERE name = ?1 AND revision = ?4",
                     params![token.name.as_str(), token.scope_map.as_str(), token.status.as_str(), rev(token.revision)?],
                 )
-                .map_err(backend)?;
+                .map_err(sqlite_err)?;
             if n == 0 {
                 return Err(missing_or_stale(tx, "tokens", token.name.as_str(), format!("token {}", token.name)));
             }
@@ -309,7 +310,7 @@ impl Store for SqliteStore {
 
     fn delete_token(&self, name: &TokenName) -> Result<(), StoreError> {
         self.with_tx(&[Changed::Token(name.clone())], |tx| {
-            let n = tx.execute("DELETE FROM tokens WHERE name = ?1", [name.as_str()]).map_err(backend)?;
+            let n = tx.execute("DELETE FROM tokens WHERE name = ?1", [name.as_str()]).map_err(sqlite_err)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("token {name}")));
             }
@@ -325,7 +326,7 @@ impl Store for SqliteStore {
                      ON CONFLICT (name) DO NOTHING",
                     params![k.name.as_str(), k.id, &k.digest[..], k.scope_map.as_str(), k.status.as_str(), ts(k.created), k.expiry.map(ts)],
                 )
-                .map_err(backend)?;
+                .map_err(sqlite_err)?;
             if n == 0 {
                 return Err(StoreError::Conflict(format!("API key {}", k.name)));
             }
@@ -340,7 +341,7 @@ impl Store for SqliteStore {
                     "UPDATE api_keys SET scope_map = ?2, status = ?3, expires_at = ?4, revision = revision + 1 WHERE name = ?1 AND revision = ?5",
                     params![k.name.as_str(), k.scope_map.as_str(), k.status.as_str(), k.expiry.map(ts), rev(k.revision)?],
                 )
-                .map_err(backend)?;
+                .map_err(sqlite_err)?;
             if n == 0 {
                 return Err(missing_or_stale(tx, "api_keys", k.name.as_str(), format!("API key {}", k.name)));
             }
@@ -350,7 +351,7 @@ impl Store for SqliteStore {
 
     fn delete_api_key(&self, name: &KeyName) -> Result<(), StoreError> {
         self.with_tx(&[Changed::ApiKey(name.clone())], |tx| {
-            let n = tx.execute("DELETE FROM api_keys WHERE name = ?1", [name.as_str()]).map_err(backend)?;
+            let n = tx.execute("DELETE FROM api_keys WHERE name = ?1", [name.as_str()]).map_err(sqlite_err)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("API key {name}")));
             }
@@ -361,7 +362,7 @@ impl Store for SqliteStore {
     fn set_attributes(&self, repo: &RepoName, a: &Attributes) -> Result<(), StoreError> {
         self.with_tx(&[Changed::Repository(repo.clone())], |tx| {
             if a.is_default() {
-                tx.execute("DELETE FROM repositories WHERE name = ?1", [repo.as_str()]).map_err(backend)?;
+                tx.execute("DELETE FROM repositories WHERE name = ?1", [repo.as_str()]).map_err(sqlite_err)?;
             } else {
                 tx.execute(
                     "INSERT INTO repositories (name, read_enabled, write_enabled, delete_enabled, list_enabled, updated_at)
@@ -370,7 +371,7 @@ impl Store for SqliteStore {
                          list_enabled = ?5, updated_at = strftime('%s','now')",
                     params![repo.as_str(), a.read_enabled, a.write_enabled, a.delete_enabled, a.list_enabled],
                 )
-                .map_err(backend)?;
+                .map_err(sqlite_err)?;
             }
             Ok(())
         })
@@ -380,39 +381,39 @@ impl Store for SqliteStore {
         self.with_tx(&[Changed::Anonymous], |tx| {
             let v = map.map(MapName::as_str).unwrap_or("");
             tx.execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2", params![ANONYMOUS_KEY, v.as_bytes()])
-                .map_err(backend)?;
+                .map_err(sqlite_err)?;
             Ok(())
         })
     }
 
     fn begin_untag(&self, j: &UntagJournal) -> Result<i64, StoreError> {
         let mut conn = self.conn.lock().map_err(|_| backend("store lock poisoned"))?;
-        let tx = conn.transaction().map_err(backend)?;
+        let tx = conn.transaction().map_err(sqlite_err)?;
         let tags: Vec<&str> = j.keep_tags.iter().map(Tag::as_str).collect();
         tx.execute(
             "INSERT INTO untag_journal (repo, digest, media_type, manifest, keep_tags, created_at) VALUES (?1, ?2, ?3, ?4, ?5, strftime('%s','now'))",
             params![j.repo.as_str(), j.digest.as_str(), j.media_type, j.manifest, tags.join(" ")],
         )
-        .map_err(backend)?;
+        .map_err(sqlite_err)?;
         let id = tx.last_insert_rowid();
-        tx.commit().map_err(backend)?;
+        tx.commit().map_err(sqlite_err)?;
         Ok(id)
     }
 
     fn finish_untag(&self, id: i64) -> Result<(), StoreError> {
-        self.read(|c| c.execute("DELETE FROM untag_journal WHERE id = ?1", [id]).map(|_| ()).map_err(backend))
+        self.read(|c| c.execute("DELETE FROM untag_journal WHERE id = ?1", [id]).map(|_| ()).map_err(sqlite_err))
     }
 
     fn pending_untags(&self) -> Result<Vec<UntagJournal>, StoreError> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT id, repo, digest, media_type, manifest, keep_tags FROM untag_journal ORDER BY id").map_err(backend)?;
+            let mut st = c.prepare("SELECT id, repo, digest, media_type, manifest, keep_tags FROM untag_journal ORDER BY id").map_err(sqlite_err)?;
             let rows = st
                 .query_map([], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, Vec<u8>>(4)?, r.get::<_, String>(5)?))
                 })
-                .map_err(backend)?;
+                .map_err(sqlite_err)?;
             rows.map(|row| {
-                let (id, repo, digest, media_type, manifest, tags) = row.map_err(backend)?;
+                let (id, repo, digest, media_type, manifest, tags) = row.map_err(sqlite_err)?;
                 Ok(UntagJournal {
                     id,
                     repo: RepoName::parse(&repo).map_err(backend)?,
@@ -428,10 +429,10 @@ impl Store for SqliteStore {
 
     fn signing_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT pkcs8, created_at FROM signing_keys ORDER BY id").map_err(backend)?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))).map_err(backend)?;
+            let mut st = c.prepare("SELECT pkcs8, created_at FROM signing_keys ORDER BY id").map_err(sqlite_err)?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))).map_err(sqlite_err)?;
             rows.map(|r| {
-                let (pkcs8, created) = r.map_err(backend)?;
+                let (pkcs8, created) = r.map_err(sqlite_err)?;
                 Ok(KeyRecord { pkcs8, created: from_ts(created)? })
             })
             .collect()
@@ -440,19 +441,19 @@ impl Store for SqliteStore {
 
     fn add_signing_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
         self.with_tx(&[], |tx| {
-            tx.execute("INSERT INTO signing_keys (pkcs8, created_at) VALUES (?1, ?2)", params![key.pkcs8, ts(key.created)]).map_err(backend)?;
+            tx.execute("INSERT INTO signing_keys (pkcs8, created_at) VALUES (?1, ?2)", params![key.pkcs8, ts(key.created)]).map_err(sqlite_err)?;
             Ok(())
         })
     }
 
     fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read(|c| c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(backend))
+        self.read(|c| c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(sqlite_err))
     }
 
     fn set_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.with_tx(&[], |tx| {
             tx.execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2", params![key, value])
-                .map_err(backend)?;
+                .map_err(sqlite_err)?;
             Ok(())
         })
     }
@@ -463,8 +464,8 @@ struct Reader<'a>(&'a Connection);
 
 /// Runs `sql` (restricted to `only` when set) and maps each row.
 fn rows<T>(c: &Connection, sql: &str, only: Option<&str>, f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>) -> Result<Vec<T>, StoreError> {
-    let mut st = c.prepare_cached(sql).map_err(backend)?;
-    let out = st.query_map(rusqlite::params_from_iter(only), f).map_err(backend)?.collect::<Result<Vec<T>, _>>().map_err(backend);
+    let mut st = c.prepare_cached(sql).map_err(sqlite_err)?;
+    let out = st.query_map(rusqlite::params_from_iter(only), f).map_err(sqlite_err)?.collect::<Result<Vec<T>, _>>().map_err(sqlite_err);
     out
 }
 
@@ -579,12 +580,24 @@ impl RecordReader for Reader<'_> {
         self.0
             .query_row("SELECT value FROM settings WHERE key = ?1", [ANONYMOUS_KEY], |r| r.get::<_, Vec<u8>>(0))
             .optional()
-            .map_err(backend)?
+            .map_err(sqlite_err)?
             .map(|v| {
                 let name = String::from_utf8(v).map_err(backend)?;
                 if name.is_empty() { Ok(None) } else { MapName::parse(&name).map(Some).map_err(backend) }
             })
             .transpose()
+    }
+}
+
+/// A SQLite error: a disk that is full, read-only or failing is the store being
+/// unavailable (as a lost database server is), anything else a failure of the statement.
+fn sqlite_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, DiskFull | ReadOnly | SystemIoFailure | CannotOpen) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => backend(e),
     }
 }
 
@@ -611,7 +624,7 @@ fn read_epoch(c: &Connection) -> Result<u64, StoreError> {
 }
 
 fn read_u64_setting(c: &Connection, key: &str) -> Result<u64, StoreError> {
-    let v: i64 = c.query_row("SELECT CAST(value AS INTEGER) FROM settings WHERE key = ?1", [key], |r| r.get(0)).map_err(backend)?;
+    let v: i64 = c.query_row("SELECT CAST(value AS INTEGER) FROM settings WHERE key = ?1", [key], |r| r.get(0)).map_err(sqlite_err)?;
     u64::try_from(v).map_err(backend)
 }
 
@@ -767,7 +780,7 @@ mod tests {
         s.set_attributes(&RepoName::parse("samples/app").unwrap(), &Attributes::default()).unwrap();
         assert!(s.changes_since(start).unwrap().is_none(), "one write more and it is not");
         // the log is pruned as it goes
-        let rows: i64 = s.read(|c| c.query_row("SELECT COUNT(*) FROM changes", [], |r| r.get(0)).map_err(backend)).unwrap();
+        let rows: i64 = s.read(|c| c.query_row("SELECT COUNT(*) FROM changes", [], |r| r.get(0)).map_err(sqlite_err)).unwrap();
         assert_eq!(u64::try_from(rows).unwrap(), CHANGE_LOG_SPAN);
         // an epoch the store has not reached (a database restored from an older backup)
         assert!(s.changes_since(s.epoch().unwrap() + 1).unwrap().is_none());
