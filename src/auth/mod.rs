@@ -167,6 +167,25 @@ pub fn subject_of(holder: &Holder) -> Subject {
     }
 }
 
+/// How long a verification may stay cached.
+const CACHE_TTL: Duration = Duration::from_secs(600);
+
+/// A session token or an external JWT leaves the cache when it expires (no memory is held
+/// for a token nobody can use any more); password and key checks stay [`CACHE_TTL`].
+struct UntilExpiry;
+
+impl moka::Expiry<[u8; 32], Cached> for UntilExpiry {
+    fn expire_after_create(&self, _key: &[u8; 32], value: &Cached, _created_at: std::time::Instant) -> Option<Duration> {
+        let expires_at = match value {
+            Cached::Session(v) => v.expires_at,
+            Cached::External(id) => id.expires_at,
+            Cached::Password { .. } | Cached::ApiKey { .. } => return Some(CACHE_TTL),
+        };
+        let left = u64::try_from(expires_at.saturating_sub(OffsetDateTime::now_utc().unix_timestamp())).unwrap_or(0);
+        Some(Duration::from_secs(left).min(CACHE_TTL))
+    }
+}
+
 impl Authenticator {
     /// `counters` count cache hits and misses.
     pub fn new(
@@ -176,7 +195,7 @@ impl Authenticator {
     ) -> Result<Authenticator, secret::GenerateError> {
         let cache_key = hmac::Key::new(hmac::HMAC_SHA256, &secret::random_bytes::<32>()?);
         let dummy_digest = digest_of(&secret::random_bytes::<32>()?);
-        let cache = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(Duration::from_secs(600)).build();
+        let cache = moka::sync::Cache::builder().max_capacity(100_000).expire_after(UntilExpiry).build();
         Ok(Authenticator { issuer, external, cache, cache_key, dummy_digest, hits: counters.0, misses: counters.1 })
     }
 
