@@ -8,8 +8,8 @@
 //!   parses to the same username and password; its kind follows the username;
 //! - a parsed Bearer token is non-empty, holds no space, and `Bearer <token>` parses to the
 //!   same token;
-//! - a failure is flagged as a Bearer failure only for the Bearer scheme, and its reason
-//!   never echoes the presented credential.
+//! - a failure of one ASCII header is flagged as a Bearer failure exactly for the Bearer
+//!   scheme, and no failure's reason echoes the presented credential.
 
 #![no_main]
 
@@ -71,7 +71,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(f) => {
-            if count == 1 {
+            // a value that is not visible ASCII fails before its scheme is read
+            if count == 1 && value.to_str().is_ok() {
                 assert_eq!(f.bearer, scheme.eq_ignore_ascii_case(b"bearer"), "bearer flag of {f:?} for scheme {scheme:?}");
             }
             let presented = value.as_bytes().splitn(2, |b| *b == b' ').nth(1).unwrap_or_default();
