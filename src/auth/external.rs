@@ -383,6 +383,61 @@ mod tests {
         assert!(apply_rules(&rules, &json!({"roles": [{"nested": 1}], "groups": 5})).is_empty());
     }
 
+    /// An issuer `idp` with one Ed25519 key `ed-1` (fixed seed) and no required claims.
+    fn ed25519_issuer() -> (ExternalIssuers, aws_lc_rs::signature::Ed25519KeyPair) {
+        use aws_lc_rs::signature::KeyPair;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let pair = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(&[7u8; 32]).unwrap();
+        let key = DecodingKey::from_ed_components(&URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())).unwrap();
+        let settings = IssuerSettings {
+            name: "idp".into(),
+            issuer: "https://idp.example.com".into(),
+            audience: "scopegate".into(),
+            jwks: JwksSource::File(std::path::PathBuf::new()),
+            ca_file: None,
+            algorithms: vec![Algorithm::EdDSA],
+            refetch_interval: Duration::from_secs(60),
+            cache_for: Duration::from_secs(3600),
+            leeway_secs: 30,
+            required_claims: vec![],
+            rules: vec![],
+        };
+        let keys = HashMap::from([("ed-1".to_owned(), PinnedKey { key, alg: Algorithm::EdDSA })]);
+        let issuer = ExternalIssuer { settings, keys: Keys::Fixed(keys) };
+        (ExternalIssuers { by_iss: HashMap::from([("https://idp.example.com".to_owned(), Arc::new(issuer))]) }, pair)
+    }
+
+    /// `b64(header).b64(claims).b64(signature)` over exactly these bytes.
+    fn sign_exact(pair: &aws_lc_rs::signature::Ed25519KeyPair, header: &[u8], claims: &[u8]) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+        let sig = URL_SAFE_NO_PAD.encode(pair.sign(input.as_bytes()).as_ref());
+        format!("{input}.{sig}")
+    }
+
+    /// Found by the external_jwt fuzz target: an `exp` beyond i64 saturates to i64::MAX in
+    /// the float conversion, and adding the leeway overflowed (a panic with overflow checks).
+    #[tokio::test]
+    async fn external_exp_beyond_i64_does_not_overflow() {
+        let (issuers, pair) = ed25519_issuer();
+        let header = br#"{"alg":"EdDSA","kid":"ed-1","typ":"JWT"}"#;
+        let claims = br#"{"iss":"https://idp.example.com","aud":"scopegate","exp":17672262088888888880}"#;
+        let id = issuers.verify(&sign_exact(&pair, header, claims), 1_767_225_600).await.unwrap();
+        assert_eq!(id.expires_at, i64::MAX);
+    }
+
+    /// The same edge on `nbf`: a date below i64 saturates to i64::MIN, and subtracting the
+    /// leeway overflowed.
+    #[tokio::test]
+    async fn external_nbf_below_i64_does_not_overflow() {
+        let (issuers, pair) = ed25519_issuer();
+        let header = br#"{"alg":"EdDSA","kid":"ed-1"}"#;
+        let claims = br#"{"iss":"https://idp.example.com","aud":"scopegate","exp":1767229200,"nbf":-1e19}"#;
+        assert!(issuers.verify(&sign_exact(&pair, header, claims), 1_767_225_600).await.is_ok());
+    }
+
     #[test]
     fn keys_are_pinned_to_their_algorithm() {
         let rsa = json!({"kty": "RSA", "kid": "r", "n": "sXch", "e": "AQAB"});

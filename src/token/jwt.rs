@@ -213,7 +213,8 @@ impl Issuer {
         if c.nbf > now + leeway {
             return Err(JwtError::Invalid);
         }
-        if c.exp + leeway <= now {
+        // saturating: an `exp` near i64::MAX must not overflow
+        if c.exp.saturating_add(leeway) <= now {
             return Err(JwtError::Expired);
         }
         if c.token_use != want {
@@ -294,6 +295,23 @@ mod tests {
         // not yet valid, and expired, by the clock it is given
         assert!(matches!(iss.verify(&t, Use::Access, now() - 60), Err(JwtError::Invalid)));
         assert!(matches!(iss.verify(&t, Use::Access, now() + 300 + LEEWAY_SECS as i64 + 1), Err(JwtError::Expired)));
+    }
+
+    /// An `exp` of i64::MAX in a token signed by our key: adding the leeway overflowed (a
+    /// panic with overflow checks, a wrap to "expired" without).
+    #[test]
+    fn session_exp_at_i64_max_does_not_overflow() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let iss = issuer();
+        let key = iss.keys().current();
+        let header = format!(r#"{{"alg":"ES256","kid":"{}"}}"#, key.kid);
+        let claims = br#"{"iss":"scopegate","aud":"svc","exp":9223372036854775807,"nbf":0,"iat":0,"jti":"j","sub":"","use":"access"}"#;
+        let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key.encoding, Algorithm::ES256).unwrap();
+        let v = iss.verify(&format!("{input}.{sig}"), Use::Access, now()).unwrap();
+        assert_eq!(v.expires_at, i64::MAX);
+        assert_eq!(v.holder, Holder::Anonymous);
     }
 
     #[test]
