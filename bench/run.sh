@@ -76,6 +76,8 @@ ALL_TARGETS=(direct bearer basic nginx nginx_auth)
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
 RESULTS_DIR=$BENCH_DIR/results
 SG=${SCOPEGATE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/scopegate}
 
@@ -118,11 +120,6 @@ WORK=$(mktemp -d /tmp/scopegate-bench.XXXXXX)
 PIDS=()        # PIDs started by this script (timeout wrappers of the servers)
 SERVER_PIDS=() # the servers under those wrappers
 MEASURE_PID=   # running measurement job (a subshell of this script), if any
-kill_tree() { # pid: stop a process and its descendants (all started by this script)
-  local c
-  for c in $(pgrep -P "$1" || true); do kill_tree "$c"; done
-  kill -TERM "$1" 2>/dev/null || true
-}
 cleanup() {
   local rc=$? p i
   trap - EXIT INT TERM
@@ -148,27 +145,7 @@ exit_on_signals() { trap 'exit 130' INT; trap 'exit 143' TERM; }
 exit_on_signals
 
 # ---------------------------------------------------------------- process helpers
-USED_PORTS=" "
-free_port() {
-  local p _
-  for _ in $(seq 1 200); do
-    p=$(( 20000 + RANDOM % 40000 ))
-    [[ $USED_PORTS == *" $p "* ]] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then USED_PORTS+="$p "; echo "$p"; return 0; fi
-  done
-  die "no free port found"
-}
 
-# child of a `timeout` wrapper = the real server process (for /proc/PID/stat)
-child_of() {
-  local parent=$1 c _
-  for _ in $(seq 1 50); do
-    c=$(pgrep -P "$parent" | head -1 || true)
-    [ -n "$c" ] && { echo "$c"; return 0; }
-    sleep 0.05
-  done
-  die "could not find child of pid $parent"
-}
 
 # start_server NAME LOGFILE CMD...: runs CMD under `timeout`, records the wrapper in
 # PIDS and prints the server's own PID
@@ -375,30 +352,7 @@ build_scopegate() {
 }
 
 start_registry() {
-  mkdir -p "$WORK/registry/data"
-  cat > "$WORK/registry/config.yml" <<YML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-  formatter: text
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry/data
-  delete:
-    enabled: true
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$REG_PORT
-health:
-  storagedriver:
-    enabled: false
-YML
+  registry_config "$WORK/registry" "$REG_PORT"
   start_server "docker-registry on $REG" "$WORK/registry.log" \
     /usr/bin/docker-registry serve "$WORK/registry/config.yml"
   REG_PID=$SERVER_PID

@@ -64,6 +64,8 @@ STREAMS=(push pull deny token)
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
 RESULTS_DIR=$BENCH_DIR/results
 MAKE_OCI=$ROOT/tests/e2e/make-oci.sh
 
@@ -84,11 +86,6 @@ WORK=$(mktemp -d /tmp/scopegate-soak.XXXXXX)
 OUT=$WORK/outcomes; mkdir -p "$OUT"
 PIDS=()      # timeout wrappers of the servers
 WORKERS=()   # worker subshells
-kill_tree() { # pid: stop a process and its descendants (all started by this script)
-  local c
-  for c in $(pgrep -P "$1" || true); do kill_tree "$c"; done
-  kill -TERM "$1" 2>/dev/null || true
-}
 cleanup() {
   local rc=$? p i alive
   trap - EXIT INT TERM
@@ -109,26 +106,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- helpers
-USED_PORTS=" "
-free_port() {
-  local p _
-  for _ in $(seq 1 200); do
-    p=$(( 20000 + RANDOM % 40000 ))
-    [[ $USED_PORTS == *" $p "* ]] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then USED_PORTS+="$p "; echo "$p"; return 0; fi
-  done
-  die "no free port found"
-}
-# the server under a `timeout` wrapper
-child_of() {
-  local parent=$1 c _
-  for _ in $(seq 1 200); do
-    c=$(pgrep -P "$parent" | head -1 || true)
-    [ -n "$c" ] && { echo "$c"; return 0; }
-    sleep 0.05
-  done
-  die "could not find the child of pid $parent"
-}
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 open_fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 sg_cli() { SCOPEGATE_ADMIN_TOKEN=$ADMIN_TOKEN timeout --foreground 30 "$SG" --server "$ADMIN" -o json "$@"; }
@@ -154,29 +131,7 @@ GW=http://$GW_HOST
 ADMIN=http://127.0.0.1:$ADMIN_PORT
 
 mkdir -p "$WORK/registry/data" "$WORK/scopegate"
-cat >"$WORK/registry/config.yml" <<YML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-  formatter: text
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry/data
-  delete:
-    enabled: true
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$REG_PORT
-health:
-  storagedriver:
-    enabled: false
-YML
+registry_config "$WORK/registry" "$REG_PORT"
 log "starting docker-registry on $REG"
 timeout -k 5 "$SERVER_MAX_SECONDS" /usr/bin/docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry.log" 2>&1 &
 PIDS+=($!)

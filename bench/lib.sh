@@ -1,0 +1,63 @@
+# shellcheck shell=bash
+# Shell helpers shared by bench/run.sh and bench/soak.sh (sourced, not run). The caller
+# defines `die`. Nothing here starts a process of its own.
+
+# kill_tree PID: stop a process and its descendants (all started by the calling script)
+kill_tree() {
+  local c
+  for c in $(pgrep -P "$1" || true); do kill_tree "$c"; done
+  kill -TERM "$1" 2>/dev/null || true
+}
+
+# free_port: a loopback port nothing listens on, never the same one twice in a run
+USED_PORTS=" "
+free_port() {
+  local p _
+  for _ in $(seq 1 200); do
+    p=$(( 20000 + RANDOM % 40000 ))
+    [[ $USED_PORTS == *" $p "* ]] && continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then USED_PORTS+="$p "; echo "$p"; return 0; fi
+  done
+  die "no free port found"
+}
+
+# child_of PID: the server under a `timeout` wrapper (for /proc/PID/stat)
+child_of() {
+  local parent=$1 c _
+  for _ in $(seq 1 200); do
+    c=$(pgrep -P "$parent" | head -1 || true)
+    [ -n "$c" ] && { echo "$c"; return 0; }
+    sleep 0.05
+  done
+  die "could not find the child of pid $parent"
+}
+
+# registry_config DIR PORT: a docker-registry configuration for the runs (filesystem
+# storage under DIR/data, deletes on, logs and health checks quiet), written to
+# DIR/config.yml
+registry_config() {
+  mkdir -p "$1/data"
+  cat >"$1/config.yml" <<YML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: $1/data
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$2
+health:
+  storagedriver:
+    enabled: false
+YML
+}
