@@ -9,9 +9,11 @@
 //! - a parsed Bearer token is non-empty, holds no space, and `Bearer <token>` parses to the
 //!   same token;
 //! - a failure of one ASCII header is flagged as a Bearer failure exactly for the Bearer
-//!   scheme, and no failure's reason echoes the presented credential.
+//!   scheme, and every failure's reason is fixed text (so it cannot echo the credential).
 
 #![no_main]
+
+use std::borrow::Cow;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -75,10 +77,8 @@ fuzz_target!(|data: &[u8]| {
             if count == 1 && value.to_str().is_ok() {
                 assert_eq!(f.bearer, scheme.eq_ignore_ascii_case(b"bearer"), "bearer flag of {f:?} for scheme {scheme:?}");
             }
-            let presented = value.as_bytes().splitn(2, |b| *b == b' ').nth(1).unwrap_or_default();
-            if presented.len() >= 8 {
-                assert!(!f.reason.as_bytes().windows(presented.len()).any(|w| w == presented), "reason {:?} echoes the credential", f.reason);
-            }
+            // fixed text cannot echo what was presented
+            assert!(matches!(f.reason, Cow::Borrowed(_)), "reason {:?} is built at run time", f.reason);
         }
     }
 });
