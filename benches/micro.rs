@@ -17,7 +17,9 @@ use scopegate::auth::Authenticator;
 use scopegate::oci::RepoName;
 use scopegate::policy::{CredentialKind, MapName, Password, Policy, Principal, RepoPattern, ScopeMap, Slot, Status, Subject, Token, TokenName};
 use scopegate::route::{classify, PageLimits};
-use scopegate::token::jwt::Issuer;
+use scopegate::access::Access;
+use scopegate::auth::Credential;
+use scopegate::token::jwt::{Binding, Holder, Issuer, Mint, Use};
 use scopegate::token::keys::{KeySet, SigningKey};
 use time::OffsetDateTime;
 
@@ -52,11 +54,21 @@ fn bench(c: &mut Criterion) {
     let key = SigningKey::generate(OffsetDateTime::now_utc()).unwrap();
     let issuer = Arc::new(Issuer::new("scopegate".into(), "scopegate".into(), Arc::new(KeySet::new(vec![key]).unwrap())));
     let counters = (prometheus::IntCounter::new("h", "h").unwrap(), prometheus::IntCounter::new("m", "m").unwrap());
-    let auth = Authenticator::new(issuer, Arc::default(), counters).unwrap();
+    let auth = Authenticator::new(Arc::clone(&issuer), Arc::default(), counters).unwrap();
     let now = OffsetDateTime::now_utc();
     let pw = Secret::new(password.expose().to_owned());
     auth.verify_password("ci", &pw, &policy, now).unwrap();
     c.bench_function("credential: cached password check", |b| b.iter(|| auth.verify_password(black_box("ci"), &pw, &policy, now).unwrap()));
+
+    // a session token as `docker pull` presents it: one repository, pull
+    let holder = Holder::Token { name: TokenName::parse("ci").unwrap(), binding: Binding { slot: Slot::Password1, password_id: "p1".into() } };
+    let access = Access { repositories: BTreeMap::from([(RepoName::parse("samples/hello-world").unwrap(), ActionSet::of(&[Action::ContentRead]))]), catalog: false };
+    let t = now.unix_timestamp();
+    let jwt = issuer.mint(&Mint { token_use: Use::Access, holder: &holder, access: &access, issued_at: t, expires_at: t + 300 }).unwrap();
+    let bearer = Credential::Bearer(Secret::new(jwt));
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(auth.authenticate(&bearer, &policy, now)).unwrap();
+    c.bench_function("credential: cached session token check", |b| b.iter(|| rt.block_on(auth.authenticate(black_box(&bearer), &policy, now)).unwrap()));
 }
 
 criterion_group!(benches, bench);
