@@ -61,3 +61,15 @@ health:
     enabled: false
 YML
 }
+
+# wait_ready PID OUT ERR: wait (up to 10 s) for scopegate's ready line in OUT; if the
+# process dies first, show ERR and stop
+wait_ready() {
+  local i
+  for i in $(seq 1 100); do
+    grep -q '^scopegate ready' "$2" 2>/dev/null && return 0
+    kill -0 "$1" 2>/dev/null || { cat "$3" >&2; die "scopegate died"; }
+    [ "$i" = 100 ] && die "scopegate not ready after 10 s"
+    sleep 0.1
+  done
+}

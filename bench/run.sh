@@ -370,12 +370,7 @@ start_scopegate() {
   PIDS+=($!); disown
   GW_PID=$(child_of "${PIDS[-1]}")
   SERVER_PIDS+=("$GW_PID")
-  for i in $(seq 1 100); do
-    grep -q '^scopegate ready' "$WORK/scopegate.out" 2>/dev/null && break
-    kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/scopegate.err" >&2; die "scopegate died"; }
-    [ "$i" = 100 ] && die "scopegate not ready after 10 s"
-    sleep 0.1
-  done
+  wait_ready "$GW_PID" "$WORK/scopegate.out" "$WORK/scopegate.err"
   log "scopegate on $GW (pid $GW_PID): $(head -1 "$WORK/scopegate.out")"
   GW_RSS_START_KIB=$(vm_kib "$GW_PID" VmRSS)
 

@@ -173,12 +173,7 @@ SCOPEGATE_ADMIN_TOKEN=$ADMIN_TOKEN timeout -k 5 "$SERVER_MAX_SECONDS" "$SG" serv
   >"$WORK/scopegate.out" 2>"$WORK/scopegate.err" &
 PIDS+=($!)
 GW_PID=$(child_of "${PIDS[-1]}")
-for i in $(seq 1 100); do
-  grep -q '^scopegate ready' "$WORK/scopegate.out" 2>/dev/null && break
-  kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/scopegate.err" >&2; die "scopegate died"; }
-  [ "$i" = 100 ] && die "scopegate not ready after 10 s"
-  sleep 0.1
-done
+wait_ready "$GW_PID" "$WORK/scopegate.out" "$WORK/scopegate.err"
 log "$(head -1 "$WORK/scopegate.out")"
 
 # ---------------------------------------------------------------- 2. tokens + images
