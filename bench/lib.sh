@@ -9,13 +9,18 @@ kill_tree() {
   kill -TERM "$1" 2>/dev/null || true
 }
 
-# free_port: a loopback port nothing listens on, never the same one twice in a run
+# free_port: a loopback port no socket uses (listening, connected or as the local end
+# of an outgoing connection), below the kernel's ephemeral range so that no outgoing
+# connection takes it before a server binds it; never the same one twice in a run
 USED_PORTS=" "
 free_port() {
-  local p _
+  local p _ lo
+  read -r lo _ </proc/sys/net/ipv4/ip_local_port_range
   for _ in $(seq 1 200); do
-    p=$(( 20000 + RANDOM % 40000 ))
+    # (an ephemeral range starting this low leaves only the check below)
+    if [ "$lo" -gt 11000 ]; then p=$(( 10000 + RANDOM % (lo - 10000) )); else p=$(( 20000 + RANDOM % 40000 )); fi
     [[ $USED_PORTS == *" $p "* ]] && continue
+    [ -z "$(ss -Htan "( sport = :$p )" 2>/dev/null)" ] || continue
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then USED_PORTS+="$p "; echo "$p"; return 0; fi
   done
   die "no free port found"

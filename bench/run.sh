@@ -18,10 +18,16 @@
 #   HEAD manifest    oha   req/s, p50, p99            (MANIFEST_TARGETS)
 #   GET  manifest    wrk   req/s, p50, p99            (MANIFEST_TARGETS)
 #   token endpoint   oha   tokens/s, p50, p99 of GET /token?service=..&scope=..:pull (Basic)
-#   blob GET         curl  MB/s, median of BLOB_REPS, for BIG_MIB and HUGE_MIB (BLOB_TARGETS)
+#   blob GET         curl  MB/s, median of all samples, for BIG_MIB and HUGE_MIB (BLOB_TARGETS)
 #   blob PUT         curl  MB/s: POST /blobs/uploads/ then one PUT ?digest= with the whole
 #                          blob (monolithic); each must answer 201 with the digest
-# and around every load: CPU time of registry, scopegate and nginx (/proc/PID/stat) per
+#   isolation        oha   HEAD through scopegate (bearer) and through nginx with keep-alive
+#                          upstream connections, both in front of a static upstream (a second
+#                          nginx serving the manifest), at full speed and paced at the
+#                          registry's HEAD rate: what each proxy's own work costs per request
+# Manifest and blob loads run in ROUNDS rounds, every path once per round, interleaved;
+# values are those of the median round, ratios the median of the within-round ratios.
+# And around every load: CPU time of registry, scopegate and nginx (/proc/PID/stat) per
 # request / per MB, peak RSS (VmHWM, reset before each load via /proc/PID/clear_refs),
 # and CPU used by unrelated processes. Prints the numbers, the ratios against direct and
 # against nginx, the performance targets (reported only, never fatal), and writes
@@ -31,7 +37,10 @@
 #   DURATION [10s]      length of each oha/wrk load (Ns or Nm)
 #   CONCURRENCY [16]    connections for oha and wrk
 #   THREADS [2]         wrk threads
-#   BLOB_REPS [5]       timed transfers per path, size and direction (after 1 warm-up)
+#   ROUNDS [3]          rounds of the manifest and blob loads (paths interleaved)
+#   BLOB_REPS [3]       timed transfers per path, size, direction and round (after 1
+#                       warm-up in the first round)
+#   ISOLATION [1]       0 skips the static-upstream loads
 #   BIG_MIB [200]       size of the first blob (MiB)
 #   HUGE_MIB [1024]     size of the second blob (MiB); 0 skips it
 #   MANIFEST_TARGETS ["direct bearer basic nginx nginx_auth"]  paths for HEAD/GET
@@ -55,12 +64,15 @@ set -euo pipefail
 DURATION=${DURATION:-10s}
 CONCURRENCY=${CONCURRENCY:-16}
 THREADS=${THREADS:-2}
-BLOB_REPS=${BLOB_REPS:-5}
+BLOB_REPS=${BLOB_REPS:-3}
 BIG_MIB=${BIG_MIB:-200}
 HUGE_MIB=${HUGE_MIB:-1024}
 MANIFEST_TARGETS=${MANIFEST_TARGETS:-direct bearer basic nginx nginx_auth}
 BLOB_TARGETS=${BLOB_TARGETS:-direct bearer basic nginx nginx_auth}
 TOKEN_BENCH=${TOKEN_BENCH:-1}
+ISOLATION=${ISOLATION:-1}
+ROUNDS=${ROUNDS:-3}
+ROUND=1; RTAG=
 NGINX_WORKERS=${NGINX_WORKERS:-1}
 HTPASSWD_COST=${HTPASSWD_COST:-5}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -104,11 +116,11 @@ dur_seconds() {
 DUR_S=$(dur_seconds "$DURATION")
 [[ $DUR_S =~ ^[0-9]+$ ]] && [ "$DUR_S" -ge 1 ] || die "DURATION must be whole seconds or minutes, e.g. 10s / 1m (got $DURATION)"
 LOAD_LIMIT=$(( DUR_S + 30 ))
-for v in CONCURRENCY THREADS BLOB_REPS BIG_MIB HUGE_MIB RETRIES QUIET_WAIT NGINX_WORKERS HTPASSWD_COST TOKEN_BENCH; do
+for v in CONCURRENCY THREADS BLOB_REPS BIG_MIB HUGE_MIB RETRIES QUIET_WAIT NGINX_WORKERS HTPASSWD_COST TOKEN_BENCH ISOLATION ROUNDS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer (got ${!v})"
 done
-[ "$BLOB_REPS" -ge 1 ] && [ "$BIG_MIB" -ge 1 ] && [ "$CONCURRENCY" -ge 1 ] && [ "$NGINX_WORKERS" -ge 1 ] \
-  || die "BLOB_REPS, BIG_MIB, CONCURRENCY, NGINX_WORKERS must be >= 1"
+[ "$BLOB_REPS" -ge 1 ] && [ "$BIG_MIB" -ge 1 ] && [ "$CONCURRENCY" -ge 1 ] && [ "$NGINX_WORKERS" -ge 1 ] && [ "$ROUNDS" -ge 1 ] \
+  || die "BLOB_REPS, BIG_MIB, CONCURRENCY, NGINX_WORKERS, ROUNDS must be >= 1"
 [ "$HTPASSWD_COST" -ge 4 ] && [ "$HTPASSWD_COST" -le 17 ] || die "HTPASSWD_COST must be 4..17 (htpasswd -C)"
 for v in MANIFEST_TARGETS BLOB_TARGETS; do
   for t in ${!v}; do [[ " ${ALL_TARGETS[*]} " == *" $t "* ]] || die "$v: unknown path '$t' (known: ${ALL_TARGETS[*]})"; done
@@ -359,25 +371,31 @@ start_registry() {
   wait_http docker-registry "$REG_PID" "$REG/v2/"
 }
 
-start_scopegate() {
-  local i
-  mkdir -p "$WORK/scopegate"
-  ADMIN_TOKEN=bench-admin-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
-  SCOPEGATE_ADMIN_TOKEN=$ADMIN_TOKEN timeout -k 5 "$SERVER_MAX_SECONDS" "$SG" serve \
-    --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-    --upstream "$REG" --data-dir "$WORK/scopegate" \
-    >"$WORK/scopegate.out" 2>"$WORK/scopegate.err" &
+# launch_scopegate NAME LISTEN_PORT ADMIN_PORT UPSTREAM: starts scopegate with its own
+# data dir and a token `bench` (read/write on bench/img); sets SG_PID and SG_PASSWORD
+launch_scopegate() {
+  local name=$1 port=$2 admin=$3 upstream=$4 dir=$WORK/$1 token
+  mkdir -p "$dir"
+  token=bench-admin-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+  SCOPEGATE_ADMIN_TOKEN=$token timeout -k 5 "$SERVER_MAX_SECONDS" "$SG" serve \
+    --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+    --upstream "$upstream" --data-dir "$dir" \
+    >"$dir.out" 2>"$dir.err" &
   PIDS+=($!); disown
-  GW_PID=$(child_of "${PIDS[-1]}")
-  SERVER_PIDS+=("$GW_PID")
-  wait_ready "$GW_PID" "$WORK/scopegate.out" "$WORK/scopegate.err"
-  log "scopegate on $GW (pid $GW_PID): $(head -1 "$WORK/scopegate.out")"
-  GW_RSS_START_KIB=$(vm_kib "$GW_PID" VmRSS)
+  SG_PID=$(child_of "${PIDS[-1]}")
+  SERVER_PIDS+=("$SG_PID")
+  wait_ready "$SG_PID" "$dir.out" "$dir.err"
+  log "$name on 127.0.0.1:$port in front of $upstream (pid $SG_PID): $(head -1 "$dir.out")"
+  SCOPEGATE_ADMIN_TOKEN=$token timeout --foreground 30 "$SG" --server "http://127.0.0.1:$admin" token create --name bench \
+    --repository "$REPO" content/read content/write metadata/read >"$dir-token.json"
+  SG_PASSWORD=$(jq -r '.credentials.passwords[0].value' "$dir-token.json")
+  [ -n "$SG_PASSWORD" ] && [ "$SG_PASSWORD" != null ] || die "$name: token create returned no password"
+}
 
-  SCOPEGATE_ADMIN_TOKEN=$ADMIN_TOKEN timeout --foreground 30 "$SG" --server "$ADMIN" token create --name bench \
-    --repository "$REPO" content/read content/write metadata/read >"$WORK/token.json"
-  PASSWORD=$(jq -r '.credentials.passwords[0].value' "$WORK/token.json")
-  [ -n "$PASSWORD" ] && [ "$PASSWORD" != null ] || die "token create returned no password"
+start_scopegate() {
+  launch_scopegate scopegate "$GW_PORT" "$ADMIN_PORT" "$REG"
+  GW_PID=$SG_PID; PASSWORD=$SG_PASSWORD
+  GW_RSS_START_KIB=$(vm_kib "$GW_PID" VmRSS)
 }
 
 # nginx as distribution's "nginx authentication" recipe configures it, minus TLS (every
@@ -414,6 +432,8 @@ http {
   scgi_temp_path        $d/scgi;
 
   upstream docker-registry { server 127.0.0.1:$REG_PORT; }
+  # the static upstream of the isolation loads, with keep-alive connections
+  upstream static-upstream { server 127.0.0.1:$STATIC_PORT; keepalive 32; }
 
   # the registry sends this header itself; nginx's own 401s need it added
   map \$upstream_http_docker_distribution_api_version \$docker_distribution_api_version {
@@ -438,6 +458,15 @@ http {
       include $d/registry-proxy.conf;
     }
   }
+  server {   # isolation loads: a tuned proxy (keep-alive upstream) in front of the static upstream
+    listen 127.0.0.1:$NGXK_PORT;
+    location /v2/ {
+      proxy_pass         http://static-upstream;
+      proxy_http_version 1.1;
+      proxy_set_header   Connection "";
+      proxy_set_header   Host \$http_host;
+    }
+  }
 }
 CONF
   nginx -t -q -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >&2 || die "nginx -t rejected $d/nginx.conf"
@@ -448,6 +477,54 @@ CONF
   wait_http nginx "$NGX_PID" "$NGXA/v2/"
   # master + workers, for CPU and RSS (the workers live as long as the master)
   read -r -a NGX_PIDS < <(echo "$NGX_PID" $(pgrep -P "$NGX_PID"))
+}
+
+# The static upstream of the isolation loads: a second nginx that answers the manifest
+# (the registry's bytes and headers, copied once) and /v2/ from memory-cached files, at a
+# small fraction of the registry's CPU. In front of it, what a proxy costs per request is
+# its own work, not the contention of a registry that saturates the machine.
+start_static() {
+  local d=$WORK/static hdr=$WORK/static/manifest.hdr
+  mkdir -p "$d"/{client_body,proxy,fastcgi,uwsgi,scgi,root/v2}
+  curl -sf --max-time 10 -D "$hdr" -o "$d/root/manifest" -H "Accept: $OCI_MANIFEST" "$REG$MANIFEST_PATH" \
+    || die "could not read the manifest from the registry for the static upstream"
+  printf '{}' >"$d/root/v2/index.json"
+  cat >"$d/nginx.conf" <<CONF
+$([ "$(id -u)" = 0 ] && echo "user root;")
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $d/client_body;
+  proxy_temp_path       $d/proxy;
+  fastcgi_temp_path     $d/fastcgi;
+  uwsgi_temp_path       $d/uwsgi;
+  scgi_temp_path        $d/scgi;
+  open_file_cache max=16;
+  etag off;
+  server {
+    listen 127.0.0.1:$STATIC_PORT;
+    add_header Docker-Distribution-Api-Version registry/2.0 always;
+    location = /v2/ { default_type application/json; alias $d/root/v2/index.json; }
+    location = $MANIFEST_PATH {
+      default_type $OCI_MANIFEST;
+      add_header Docker-Distribution-Api-Version registry/2.0 always;
+      add_header Docker-Content-Digest "$(header_of "$hdr" Docker-Content-Digest)" always;
+      alias $d/root/manifest;
+    }
+  }
+}
+CONF
+  nginx -t -q -p "$d" -e "$d/error.log" -c "$d/nginx.conf" >&2 || die "nginx -t rejected $d/nginx.conf"
+  start_server "static upstream (nginx) on $STATIC" "$WORK/static.out" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf"
+  STATIC_PID=$SERVER_PID
+  wait_http "static upstream" "$STATIC_PID" "$STATIC/v2/"
+  read -r -a STATIC_PIDS < <(echo "$STATIC_PID" $(pgrep -P "$STATIC_PID"))
+  launch_scopegate scopegate-static "$GWS_PORT" "$ADMINS_PORT" "$STATIC"
+  GWS_PID=$SG_PID; GWS_PASSWORD=$SG_PASSWORD
 }
 
 # ---------------------------------------------------------------- test data
@@ -512,15 +589,15 @@ measure_head() { # path
               --output-format json --wait-ongoing-requests-after-deadline)
   [ -n "$auth" ] && args+=(-H "Authorization: $auth")
   log "$tgt: HEAD manifest, oha -z $DURATION -c $CONCURRENCY"
-  conn_sample_start "$RAW/$tgt-head.conns"
+  conn_sample_start "$RAW/$tgt-head$RTAG.conns"
   acct_begin
-  timeout --foreground -k 5 "$LOAD_LIMIT" "$OHA" "${args[@]}" "$url" >"$RAW/$tgt-head.json" 2>"$RAW/$tgt-head.err" \
-    || die "oha failed for $tgt (see $RAW/$tgt-head.err): $(tail -3 "$RAW/$tgt-head.err")"
-  out=$RAW/$tgt-head.json
+  timeout --foreground -k 5 "$LOAD_LIMIT" "$OHA" "${args[@]}" "$url" >"$RAW/$tgt-head$RTAG.json" 2>"$RAW/$tgt-head$RTAG.err" \
+    || die "oha failed for $tgt (see $RAW/$tgt-head.err): $(tail -3 "$RAW/$tgt-head$RTAG.err")"
+  out=$RAW/$tgt-head$RTAG.json
   n=$(jq '[.statusCodeDistribution[]] | add // 0' "$out")
   acct_end "$tgt" "$n"; cpu=$ACCT_JSON
   wait "$SAMPLER_PID" || true
-  oha_summary "$out" "$cpu" "$(conn_sample_collect "$RAW/$tgt-head.conns")"
+  oha_summary "$out" "$cpu" "$(conn_sample_collect "$RAW/$tgt-head$RTAG.conns")"
 }
 
 oha_summary() { # oha-json cpu-json connections
@@ -543,20 +620,20 @@ measure_get() { # path
   auth=$(auth_for "$tgt")
   expect_200 GET "$url" "$auth"
   log "$tgt: GET manifest, wrk -t$THREADS -c$CONCURRENCY -d$DURATION"
-  conn_sample_start "$RAW/$tgt-get.conns"
+  conn_sample_start "$RAW/$tgt-get$RTAG.conns"
   acct_begin
   WRK_METHOD=GET WRK_ACCEPT=$OCI_MANIFEST WRK_AUTH=$auth \
     timeout --foreground -k 5 "$LOAD_LIMIT" wrk -t"$THREADS" -c"$CONCURRENCY" -d"$DURATION" --timeout 10s \
-      -s "$BENCH_DIR/wrk-report.lua" "$url" >"$RAW/$tgt-get.txt" 2>&1 \
-    || die "wrk failed for $tgt: $(tail -3 "$RAW/$tgt-get.txt")"
-  line=$(sed -n 's/^WRKJSON //p' "$RAW/$tgt-get.txt")
+      -s "$BENCH_DIR/wrk-report.lua" "$url" >"$RAW/$tgt-get$RTAG.txt" 2>&1 \
+    || die "wrk failed for $tgt: $(tail -3 "$RAW/$tgt-get$RTAG.txt")"
+  line=$(sed -n 's/^WRKJSON //p' "$RAW/$tgt-get$RTAG.txt")
   [ -n "$line" ] || die "wrk printed no summary for $tgt"
   n=$(jq .requests <<<"$line")
   acct_end "$tgt" "$n"; cpu=$ACCT_JSON
   wait "$SAMPLER_PID" || true
   # (status 200 is implied: non_2xx_3xx == 0 and the curl pre-check saw 200)
   jq --argjson cpu "$cpu" \
-     --argjson conns "$(conn_sample_collect "$RAW/$tgt-get.conns")" \
+     --argjson conns "$(conn_sample_collect "$RAW/$tgt-get$RTAG.conns")" \
      '. + {tool: "wrk", registry_connections_mid_run: $conns, cpu: $cpu}' <<<"$line"
 }
 
@@ -581,6 +658,48 @@ measure_token() { # (path is always "token")
   oha_summary "$out" "$cpu" "$(conn_sample_collect "$RAW/token.conns")"
 }
 
+# The isolation loads: HEAD manifest through PROXY (scopegate with a bearer token, or nginx
+# with keep-alive upstream connections) in front of the static upstream, at full speed
+# (RATE 0) or paced at RATE req/s. CPU of the proxy and of the static upstream per request.
+measure_isolated() { # proxy rate
+  exit_on_signals
+  local proxy=$1 rate=$2 url auth out n pids p0 p1 s0 s1 m0 m1 t0 t1 tag=isolated-$1-$2
+  case $proxy in
+    scopegate)
+      url=$GWS$MANIFEST_PATH; pids=("$GWS_PID")
+      auth=$(curl -sf --max-time 10 -u "bench:$GWS_PASSWORD" "$GWS/token?service=$SERVICE&scope=repository:$REPO:pull" \
+               | jq -r '.token // empty') || true
+      [ -n "$auth" ] || die "could not fetch a bearer token from $GWS/token"
+      auth="Bearer $auth" ;;
+    nginx) url=$NGXK$MANIFEST_PATH; auth=""; pids=("${NGX_PIDS[@]}") ;;
+  esac
+  expect_200 HEAD "$url" "$auth"
+  local args=(-z "$DURATION" -c "$CONCURRENCY" -m HEAD -H "Accept: $OCI_MANIFEST" --no-tui
+              --output-format json --wait-ongoing-requests-after-deadline)
+  [ "$rate" -gt 0 ] && args+=(-q "$rate")
+  [ -n "$auth" ] && args+=(-H "Authorization: $auth")
+  log "isolation: $proxy in front of the static upstream, HEAD manifest, $([ "$rate" -gt 0 ] && echo "paced at $rate req/s" || echo "full speed")"
+  times >"$WORK/times0"
+  p0=$(cpu_ticks "${pids[@]}"); s0=$(cpu_ticks "${STATIC_PIDS[@]}"); m0=$(machine_busy_ticks); t0=$(date +%s.%N)
+  timeout --foreground -k 5 "$LOAD_LIMIT" "$OHA" "${args[@]}" "$url" >"$RAW/$tag.json" 2>"$RAW/$tag.err" \
+    || die "oha failed for $tag: $(tail -3 "$RAW/$tag.err")"
+  p1=$(cpu_ticks "${pids[@]}"); s1=$(cpu_ticks "${STATIC_PIDS[@]}"); m1=$(machine_busy_ticks); t1=$(date +%s.%N)
+  times >"$WORK/times1"
+  out=$RAW/$tag.json
+  n=$(jq '[.statusCodeDistribution[]] | add // 0' "$out")
+  jq --arg proxy "$proxy" --argjson rate "$rate" --argjson hz "$CLK_TCK" --argjson n "$n" \
+     --argjson p "$(( p1 - p0 ))" --argjson s "$(( s1 - s0 ))" --argjson m "$(( m1 - m0 ))" \
+     --argjson c "$(awk -v a="$(children_cpu_s "$WORK/times0")" -v b="$(children_cpu_s "$WORK/times1")" 'BEGIN { printf "%.3f", b - a }')" \
+     --argjson wall "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" '
+    def per(v): if $n > 0 then v * 1e6 / $n else null end;
+    {tool: "oha", proxy: $proxy, paced_rps: (if $rate > 0 then $rate else null end),
+     rps: .summary.requestsPerSec, p50_ms: (.latencyPercentiles.p50 * 1000), p99_ms: (.latencyPercentiles.p99 * 1000),
+     success_rate: .summary.successRate, status_codes: .statusCodeDistribution, errors: .errorDistribution,
+     cpu: {wall_s: $wall, proxy_us_per_req: per($p / $hz), static_upstream_us_per_req: per($s / $hz),
+           client_us_per_req: per($c), proxy_cores: ($p / $hz / $wall), machine_busy_cores: ($m / $hz / $wall),
+           other_cores: (((($m - $p - $s) / $hz - $c) / $wall) * 1000 | round / 1000)}}' "$out"
+}
+
 # One warm-up download (status + sha256 of the whole body checked), then BLOB_REPS
 # timed downloads to /dev/null (status + size checked).
 measure_blob_get() { # path label
@@ -589,14 +708,19 @@ measure_blob_get() { # path label
   bytes=${BLOB_SIZE[$label]}
   url=$(base_for "$tgt")/v2/$REPO/blobs/${BLOB_DIGEST[$label]}
   local max_time=$(( 60 + bytes / 5000000 ))
-  log "$tgt: blob GET $label x$BLOB_REPS (+1 warm-up)"
-  auth=$(auth_for "$tgt")
-  local args=(-s --max-time "$max_time" -D "$WORK/get.hdr")
-  [ -n "$auth" ] && args+=(-H "Authorization: $auth")
-  sum=$(curl "${args[@]}" "$url" | sha256sum | cut -d' ' -f1) || sum=curl-failed
-  code=$(awk 'toupper($1) ~ /^HTTP\// { c = $2 } END { print c }' "$WORK/get.hdr")
-  [ "$code" = 200 ] && [ "sha256:$sum" = "${BLOB_DIGEST[$label]}" ] \
-    || die "pre-check blob GET $tgt $label returned $code with sha256:$sum (want 200 and ${BLOB_DIGEST[$label]})"
+  local args
+  if [ "$ROUND" = 1 ]; then   # the whole body is checked once per path and size
+    log "$tgt: blob GET $label x$BLOB_REPS (+1 warm-up)"
+    auth=$(auth_for "$tgt")
+    args=(-s --max-time "$max_time" -D "$WORK/get.hdr")
+    [ -n "$auth" ] && args+=(-H "Authorization: $auth")
+    sum=$(curl "${args[@]}" "$url" | sha256sum | cut -d' ' -f1) || sum=curl-failed
+    code=$(awk 'toupper($1) ~ /^HTTP\// { c = $2 } END { print c }' "$WORK/get.hdr")
+    [ "$code" = 200 ] && [ "sha256:$sum" = "${BLOB_DIGEST[$label]}" ] \
+      || die "pre-check blob GET $tgt $label returned $code with sha256:$sum (want 200 and ${BLOB_DIGEST[$label]})"
+  else
+    log "$tgt: blob GET $label x$BLOB_REPS (round $ROUND)"
+  fi
   acct_begin
   for i in $(seq 1 "$BLOB_REPS"); do
     auth=$(auth_for "$tgt")      # fresh bearer each time; not part of curl's speed
@@ -605,7 +729,7 @@ measure_blob_get() { # path label
     res=$(curl "${args[@]}" "$url") || res="000 0 0"
     read -r code size speed <<<"$res"
     if [ "$code" != 200 ] || [ "$size" != "$bytes" ]; then
-      bad=$((bad + 1)); echo "GET $code $size bytes" >>"$RAW/$tgt-blobget-$label.bad"; continue
+      bad=$((bad + 1)); echo "GET $code $size bytes" >>"$RAW/$tgt-blobget-$label$RTAG.bad"; continue
     fi
     speeds+=("$speed")
   done
@@ -620,15 +744,19 @@ measure_blob_put() { # path label
   exit_on_signals
   local tgt=$1 label=$2 i res code secs speeds=() bad=0 cpu bytes
   bytes=${BLOB_SIZE[$label]}
-  log "$tgt: blob PUT $label x$BLOB_REPS (+1 warm-up)"
-  res=$(blob_upload "$tgt" "${BLOB_FILE[$label]}" "${BLOB_DIGEST[$label]}" "$bytes")
-  [ "${res%% *}" = 201 ] || die "pre-check blob upload $tgt $label: $res (want 201)"
+  if [ "$ROUND" = 1 ]; then
+    log "$tgt: blob PUT $label x$BLOB_REPS (+1 warm-up)"
+    res=$(blob_upload "$tgt" "${BLOB_FILE[$label]}" "${BLOB_DIGEST[$label]}" "$bytes")
+    [ "${res%% *}" = 201 ] || die "pre-check blob upload $tgt $label: $res (want 201)"
+  else
+    log "$tgt: blob PUT $label x$BLOB_REPS (round $ROUND)"
+  fi
   acct_begin
   for i in $(seq 1 "$BLOB_REPS"); do
     res=$(blob_upload "$tgt" "${BLOB_FILE[$label]}" "${BLOB_DIGEST[$label]}" "$bytes")
     read -r code secs <<<"$res"
     if [ "$code" != 201 ]; then
-      bad=$((bad + 1)); echo "upload: $res" >>"$RAW/$tgt-blobput-$label.bad"; continue
+      bad=$((bad + 1)); echo "upload: $res" >>"$RAW/$tgt-blobput-$label$RTAG.bad"; continue
     fi
     speeds+=("$(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.0f", (s > 0) ? b / s : 0 }')")
   done
@@ -687,7 +815,7 @@ check_results() {
   for f in "$RES"/*.json; do
     name=$(basename "$f" .json); h=$(cat "$f")
     case $name in
-      head_manifest__*|token__*)
+      head_manifest__*|token__*|isolated__*)
         non200=$(jq '[.status_codes | to_entries[] | select(.key != "200") | .value] | add // 0' <<<"$h")
         errs=$(jq '[.errors[]?] | add // 0' <<<"$h")
         if [ "$non200" != 0 ] || [ "$errs" != 0 ]; then
@@ -721,6 +849,32 @@ check_results() {
   fi
 }
 
+# ---------------------------------------------------------------- rounds
+# RES/<name>__rN.json (one per round) -> RES/<name>.json: the round with the median
+# req/s (or median MB/s) stands for the path, with every round kept in .rounds (in round
+# order, for the within-round ratios); blob speeds pool the samples of all rounds. The
+# per-round files move to RES/rounds/.
+combine_rounds() {
+  local base files
+  mkdir -p "$RES/rounds"
+  for base in $(find "$RES" -maxdepth 1 -name '*__r[0-9]*.json' -printf '%f\n' | sed 's/__r[0-9]*\.json$//' | sort -u); do
+    files=$(find "$RES" -maxdepth 1 -name "${base}__r[0-9]*.json" | sort -V)
+    # shellcheck disable=SC2086
+    jq -s '
+      def med: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+                      else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+      (if .[0].tool == "curl" then "mbps_median" else "rps" end) as $k |
+      (sort_by(.[$k]) | .[(length - 1) / 2 | floor]) + {rounds: .}
+      | if $k == "mbps_median" then
+          ([.rounds[].samples_mbps[]] | sort) as $all |
+          . + {samples_mbps: $all, mbps_median: ($all | med), mbps_min: $all[0], mbps_max: $all[-1],
+               bad_responses: ([.rounds[].bad_responses] | add)}
+        else . + {rps_rounds: [.rounds[].rps]} end' $files >"$RES/$base.json"
+    # shellcheck disable=SC2086
+    mv $files "$RES/rounds/"
+  done
+}
+
 # ---------------------------------------------------------------- report
 # latest.json = meta + every measurement (by section, size label and path) + the rows
 # of the printed tables + the targets.
@@ -733,7 +887,7 @@ write_report() {
   RESULT=$(jq -n \
     --argjson m "$measurements" \
     --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg commit "$commit" --arg duration "$DURATION" \
-    --argjson conc "$CONCURRENCY" --argjson threads "$THREADS" --argjson reps "$BLOB_REPS" \
+    --argjson conc "$CONCURRENCY" --argjson threads "$THREADS" --argjson reps "$BLOB_REPS" --argjson rounds "$ROUNDS" \
     --arg big "${BIG_MIB}MiB" --arg huge "$([ "$HUGE_MIB" -gt 0 ] && echo "${HUGE_MIB}MiB")" \
     --arg nproc "$(nproc)" --argjson ngx_workers "$NGINX_WORKERS" --argjson cost "$HTPASSWD_COST" \
     --arg oha "$("$OHA" --version 2>&1 | head -1)" --arg wrk "$(wrk -v 2>&1 | head -1 | awk '{print $1,$2}')" \
@@ -746,15 +900,28 @@ write_report() {
     --argjson busy_before "$BUSY_BEFORE" --argjson busy_after "$(machine_busy_pct)" --arg loadavg "$LOADAVG_BEFORE" '
   def r(x): if x == null then null else ((x * 100 | round) / 100) end;
   def ratio(a; b): if (a == null or b == null or b == 0) then null else ((a / b * 1000 | round) / 1000) end;
+  def med: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+                  else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  # a over b for one metric: the median of the ratios within each round when both paths
+  # were measured in rounds, else the plain ratio
+  def rratio(a; b; f):
+    if a == null or b == null then null
+    elif a.rounds != null and b.rounds != null then
+      [range(0; [(a.rounds | length), (b.rounds | length)] | min) as $i
+        | [(a.rounds[$i] | f), (b.rounds[$i] | f)] | select(.[0] != null and .[1] != null and .[1] != 0)
+        | .[0] / .[1]]
+      | if length == 0 then null else (med * 1000 | round) / 1000 end
+    else ratio(a | f; b | f) end;
   def mib(kib): if kib == null then null else kib / 1024 end;
   # one printed row: a metric for each path, and its ratios against direct and nginx
   def row(name; unit; f):
+    . as $p |
     {metric: name, unit: unit,
-     direct: r(.direct | f), bearer: r(.bearer | f), basic: r(.basic | f),
-     nginx: r(.nginx | f), nginx_auth: r(.nginx_auth | f)}
-    | . + {bearer_vs_direct: ratio(.bearer; .direct), basic_vs_direct: ratio(.basic; .direct),
-           bearer_vs_nginx: ratio(.bearer; .nginx), basic_vs_nginx: ratio(.basic; .nginx),
-           bearer_vs_nginx_auth: ratio(.bearer; .nginx_auth), basic_vs_nginx_auth: ratio(.basic; .nginx_auth)};
+     direct: r($p.direct | f), bearer: r($p.bearer | f), basic: r($p.basic | f),
+     nginx: r($p.nginx | f), nginx_auth: r($p.nginx_auth | f),
+     bearer_vs_direct: rratio($p.bearer; $p.direct; f), basic_vs_direct: rratio($p.basic; $p.direct; f),
+     bearer_vs_nginx: rratio($p.bearer; $p.nginx; f), basic_vs_nginx: rratio($p.basic; $p.nginx; f),
+     bearer_vs_nginx_auth: rratio($p.bearer; $p.nginx_auth; f), basic_vs_nginx_auth: rratio($p.basic; $p.nginx_auth; f)};
   def blobrows($size):
     ($m.blob_get[$size] // {} | row("blob GET " + $size + " (median)"; "MB/s"; .mbps_median)),
     ($m.blob_put[$size] // {} | row("blob PUT " + $size + " (median)"; "MB/s"; .mbps_median)),
@@ -787,17 +954,20 @@ write_report() {
      ($get | row("GET other CPU"; "cores"; .cpu.other_cores))
    ] | map(select([.direct, .bearer, .basic, .nginx, .nginx_auth] | any(. != null)))) as $table |
   ($labels[-1]) as $hl |
-  ([ goal("HEAD req/s bearer / direct"; ratio($head.bearer.rps; $head.direct.rps); ">="; 0.9; "x"),
-     goal("HEAD req/s basic / direct"; ratio($head.basic.rps; $head.direct.rps); ">="; 0.9; "x"),
-     goal("GET req/s bearer / direct"; ratio($get.bearer.rps; $get.direct.rps); ">="; 0.9; "x"),
-     goal("GET req/s basic / direct"; ratio($get.basic.rps; $get.direct.rps); ">="; 0.9; "x"),
+  ($m.isolated // {}) as $iso |
+  ([ goal("HEAD req/s bearer / direct"; rratio($head.bearer; $head.direct; .rps); ">="; 0.9; "x"),
+     goal("HEAD req/s basic / direct"; rratio($head.basic; $head.direct; .rps); ">="; 0.9; "x"),
+     goal("GET req/s bearer / direct"; rratio($get.bearer; $get.direct; .rps); ">="; 0.9; "x"),
+     goal("GET req/s basic / direct"; rratio($get.basic; $get.direct; .rps); ">="; 0.9; "x"),
      goal("scopegate CPU per HEAD (bearer)"; $head.bearer.cpu.gateway_us_per_req; "<="; 50; "us"),
      goal("scopegate CPU per HEAD (basic)"; $head.basic.cpu.gateway_us_per_req; "<="; 50; "us"),
      goal("scopegate CPU per GET (bearer)"; $get.bearer.cpu.gateway_us_per_req; "<="; 50; "us"),
      goal("scopegate CPU per GET (basic)"; $get.basic.cpu.gateway_us_per_req; "<="; 50; "us"),
      ($labels[] as $l |
-       goal("blob GET " + $l + " bearer / direct"; ratio($m.blob_get[$l].bearer.mbps_median; $m.blob_get[$l].direct.mbps_median); ">="; 0.9; "x"),
-       goal("blob PUT " + $l + " bearer / direct"; ratio($m.blob_put[$l].bearer.mbps_median; $m.blob_put[$l].direct.mbps_median); ">="; 0.9; "x")),
+       goal("blob GET " + $l + " bearer / direct"; rratio($m.blob_get[$l].bearer; $m.blob_get[$l].direct; .mbps_median); ">="; 0.9; "x"),
+       goal("blob PUT " + $l + " bearer / direct"; rratio($m.blob_put[$l].bearer; $m.blob_put[$l].direct; .mbps_median); ">="; 0.9; "x")),
+     goal("scopegate CPU per HEAD, static upstream, full speed"; $iso.scopegate.full.cpu.proxy_us_per_req; "<="; 50; "us"),
+     goal("scopegate CPU per HEAD, static upstream, paced"; $iso.scopegate.paced.cpu.proxy_us_per_req; "<="; 50; "us"),
      goal("scopegate peak RSS, blob GET " + $hl + " (bearer)"; mib($m.blob_get[$hl].bearer.cpu.rss_peak_kib.scopegate); "<"; 64; "MiB"),
      goal("scopegate peak RSS, blob PUT " + $hl + " (bearer)"; mib($m.blob_put[$hl].bearer.cpu.rss_peak_kib.scopegate); "<"; 64; "MiB"),
      goal("scopegate peak RSS, whole run"; $rss_run / 1024; "<"; 64; "MiB"),
@@ -805,14 +975,14 @@ write_report() {
    ] | map(select(.value != null))) as $goals |
   {
     meta: {date: $date, commit: $commit, binary: $bin, binary_mtime: $bin_mtime, built_this_run: ($built == "true"),
-           duration: $duration, concurrency: $conc, wrk_threads: $threads, blob_reps: $reps,
+           duration: $duration, rounds: $rounds, concurrency: $conc, wrk_threads: $threads, blob_reps_per_round: $reps,
            blob_sizes: $labels, nproc: ($nproc | tonumber),
            nginx_workers: $ngx_workers, htpasswd_bcrypt_cost: $cost,
            tools: {oha: $oha, wrk: $wrk, curl: $curl, nginx: $nginx, registry: $registry},
            gateway_log_lines: $gwlog, had_bad_responses: ($bad == 1),
            machine_busy_pct_before: $busy_before, machine_busy_pct_after: $busy_after, loadavg_before: $loadavg},
     scopegate_rss: {start_mib: r($rss_start / 1024), whole_run_peak_mib: r($rss_run / 1024)},
-    head_manifest: $head, get_manifest: $get, token: $tok,
+    head_manifest: $head, get_manifest: $get, token: $tok, isolated: $iso,
     blob_get: ($m.blob_get // {}), blob_put: ($m.blob_put // {}),
     table: $table,
     targets: $goals
@@ -823,9 +993,10 @@ write_report() {
 }
 
 print_report() {
-  printf '\nscopegate benchmark  commit=%s (binary built %s)  duration=%s  c=%s  blobs=%s x%s  nginx: %s worker(s), bcrypt cost %s  (%s cores, loopback)\n' \
-    "$(jq -r .meta.commit <<<"$RESULT")" "$(date -u -r "$SG" +%H:%M:%SZ)" "$DURATION" "$CONCURRENCY" \
+  printf '\nscopegate benchmark  commit=%s (binary built %s)  rounds=%s  duration=%s  c=%s  blobs=%s x%s per round  nginx: %s worker(s), bcrypt cost %s  (%s cores, loopback)\n' \
+    "$(jq -r .meta.commit <<<"$RESULT")" "$(date -u -r "$SG" +%H:%M:%SZ)" "$ROUNDS" "$DURATION" "$CONCURRENCY" \
     "$(jq -r '.meta.blob_sizes | join(",")' <<<"$RESULT")" "$BLOB_REPS" "$NGINX_WORKERS" "$HTPASSWD_COST" "$(nproc)"
+  printf 'values: the median round; ratios: the median of the ratios within each round\n' 
   printf '\n'
   jq -r '.table[] | [.metric + " [" + .unit + "]", .direct, .bearer, .basic, .nginx, .nginx_auth]
          | map(if . == null then "-" else tostring end) | @tsv' <<<"$RESULT" |
@@ -849,6 +1020,15 @@ print_report() {
            "\ntoken endpoint (GET /token, Basic, one pull scope): \(.token.rps | round) tokens/s, p50 \(.token.p50_ms * 100 | round / 100) ms, p99 \(.token.p99_ms * 100 | round / 100) ms, scopegate CPU \(.token.cpu.gateway_us_per_req | round) us/token"
          else empty end,
          "scopegate RSS: \(.scopegate_rss.start_mib) MiB after start, peak \(.scopegate_rss.whole_run_peak_mib) MiB over the run"' <<<"$RESULT"
+  jq -r 'def us: if . == null then "-" else (round | tostring) + " us" end;
+         def rps: if . == null then "-" else (round | tostring) + " req/s" end;
+         if (.isolated | length) > 0 then
+           "\nproxy CPU per request in front of a static upstream (nginx serving the manifest; HEAD, c=\(.meta.concurrency)):",
+           (.isolated as $i | ["full", "paced"][] as $k |
+             "  \(if $k == "full" then "full speed" else "paced at \($i.scopegate[$k].paced_rps // $i.nginx[$k].paced_rps) req/s (the registry'"'"'s rate)" end): " +
+             "scopegate (bearer) \($i.scopegate[$k].cpu.proxy_us_per_req | us) at \($i.scopegate[$k].rps | rps); " +
+             "nginx (keep-alive upstream, no auth) \($i.nginx[$k].cpu.proxy_us_per_req | us) at \($i.nginx[$k].rps | rps)")
+         else empty end' <<<"$RESULT"
   printf '\ntargets (reported only; the run does not fail on them)\n'
   jq -r '.targets[] | [.target, (.value | tostring), .goal, (if .met then "met" elif .met == false then "MISSED" else "-" end)] | @tsv' <<<"$RESULT" |
     awk -F'\t' '{ printf "  %-44s %12s   %-18s %s\n", $1, $2, $3, $4 }'
@@ -860,6 +1040,10 @@ print_report() {
 # ================================================================= main
 build_scopegate
 REG_PORT=$(free_port); GW_PORT=$(free_port); ADMIN_PORT=$(free_port); NGX_PORT=$(free_port); NGXA_PORT=$(free_port)
+STATIC_PORT=$(free_port); GWS_PORT=$(free_port); ADMINS_PORT=$(free_port); NGXK_PORT=$(free_port)
+STATIC=http://127.0.0.1:$STATIC_PORT
+GWS=http://127.0.0.1:$GWS_PORT
+NGXK=http://127.0.0.1:$NGXK_PORT
 REG=http://127.0.0.1:$REG_PORT
 GW=http://127.0.0.1:$GW_PORT
 ADMIN=http://127.0.0.1:$ADMIN_PORT
@@ -869,6 +1053,7 @@ start_registry
 start_scopegate
 start_nginx
 prepare_data
+if [ "$ISOLATION" = 1 ]; then start_static; fi
 
 RAW=$WORK/raw; RES=$WORK/res; mkdir -p "$RAW" "$RES"
 ANY_BAD=0
@@ -879,19 +1064,40 @@ if awk -v b="$BUSY_BEFORE" 'BEGIN { exit !(b > 15) }'; then
   warn "machine was ${BUSY_BEFORE}% busy before measuring (loadavg $LOADAVG_BEFORE): other processes compete for CPU, numbers are noisy"
 fi
 
-for tgt in $MANIFEST_TARGETS; do
-  run_measure "head_manifest__$tgt" measure_head "$tgt"
-  run_measure "get_manifest__$tgt" measure_get "$tgt"
-done
-if [ "$TOKEN_BENCH" = 1 ]; then run_measure token__scopegate measure_token token; fi
-for label in "${BLOB_LABELS[@]}"; do
-  for tgt in $BLOB_TARGETS; do
-    run_measure "blob_get__${label}__$tgt" measure_blob_get "$tgt" "$label"
-    run_measure "blob_put__${label}__$tgt" measure_blob_put "$tgt" "$label"
+# Every path is measured once per round, the paths interleaved, so a drift of the machine
+# or of the registry over the run touches all of them alike; ratios are taken within a
+# round and the median over the rounds is reported.
+for ROUND in $(seq 1 "$ROUNDS"); do
+  RTAG=-r$ROUND
+  for tgt in $MANIFEST_TARGETS; do
+    run_measure "head_manifest__${tgt}__r$ROUND" measure_head "$tgt"
+    run_measure "get_manifest__${tgt}__r$ROUND" measure_get "$tgt"
   done
 done
+RTAG=
+if [ "$TOKEN_BENCH" = 1 ]; then run_measure token__scopegate measure_token token; fi
+if [ "$ISOLATION" = 1 ]; then
+  # paced at the registry's own HEAD rate in this run: the pace the proxies see in front of it
+  PACE=$(jq -s 'map(.rps) | sort | .[(length - 1) / 2 | floor] // 1000 | round' "$RES"/head_manifest__direct__r*.json 2>/dev/null || echo 1000)
+  [[ $PACE =~ ^[0-9]+$ ]] && [ "$PACE" -gt 0 ] || PACE=1000
+  for proxy in scopegate nginx; do
+    run_measure "isolated__${proxy}__full" measure_isolated "$proxy" 0
+    run_measure "isolated__${proxy}__paced" measure_isolated "$proxy" "$PACE"
+  done
+fi
+for ROUND in $(seq 1 "$ROUNDS"); do
+  RTAG=-r$ROUND
+  for label in "${BLOB_LABELS[@]}"; do
+    for tgt in $BLOB_TARGETS; do
+      run_measure "blob_get__${label}__${tgt}__r$ROUND" measure_blob_get "$tgt" "$label"
+      run_measure "blob_put__${label}__${tgt}__r$ROUND" measure_blob_put "$tgt" "$label"
+    done
+  done
+done
+RTAG=
 
 check_results
+combine_rounds
 write_report
 print_report
 
