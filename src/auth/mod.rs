@@ -233,17 +233,26 @@ impl Authenticator {
                 let login = self.login(username, password, policy, now).await?;
                 Ok(Principal { subject: subject_of(&login.holder), credential: login_kind(username), session: None })
             }
-            Credential::Bearer(token) if self.issuer.is_ours(token.expose()) => {
-                let v = self.verify_session(token, now.unix_timestamp())?;
-                self.live_check(policy, &v.holder, now, true)?;
-                Ok(Principal { subject: subject_of(&v.holder), credential: CredentialKind::Session, session: Some(v.access.clone()) })
-            }
             Credential::Bearer(token) => {
-                let id = self.verify_external(token.expose(), now.unix_timestamp(), true).await?;
-                let holder = Holder::External { issuer: id.issuer.clone(), subject: id.subject.clone(), maps: id.maps.clone() };
-                Ok(Principal { subject: subject_of(&holder), credential: CredentialKind::External, session: None })
+                // a token found under its session key was verified as ours by this
+                // authenticator (whose keys it shares), so its header need not be read again
+                let key = self.cache_key(&[b"session", token.expose().as_bytes()]);
+                let cached = self.cache.get(&key);
+                if cached.is_none() && !self.issuer.is_ours(token.expose()) {
+                    return self.external_principal(token, now).await;
+                }
+                let v = self.verify_session(key, cached, token, now.unix_timestamp())?;
+                self.live_check(policy, &v.holder, now, true)?;
+                Ok(Principal { subject: subject_of(&v.holder), credential: CredentialKind::Session, session: Some(Arc::clone(&v.access)) })
             }
         }
+    }
+
+    /// The principal of a bearer token from an external issuer.
+    async fn external_principal(&self, token: &Secret, now: OffsetDateTime) -> Result<Principal, AuthFailure> {
+        let id = self.verify_external(token.expose(), now.unix_timestamp(), true).await?;
+        let holder = Holder::External { issuer: id.issuer.clone(), subject: id.subject.clone(), maps: id.maps.clone() };
+        Ok(Principal { subject: subject_of(&holder), credential: CredentialKind::External, session: None })
     }
 
     /// Checks Basic credentials: a token's password, an API key, or an external JWT.
@@ -338,9 +347,10 @@ impl Authenticator {
     }
 
     /// Verifies one of our session tokens (signature and expiry; cached until it expires).
-    fn verify_session(&self, token: &Secret, now: i64) -> Result<Arc<Verified>, AuthFailure> {
-        let key = self.cache_key(&[b"session", token.expose().as_bytes()]);
-        if let Some(Cached::Session(v)) = self.cached(&key) {
+    /// `cached` is what the cache holds under `key`, the token's session key.
+    fn verify_session(&self, key: [u8; 32], cached: Option<Cached>, token: &Secret, now: i64) -> Result<Arc<Verified>, AuthFailure> {
+        if cached.is_some() { &self.hits } else { &self.misses }.inc();
+        if let Some(Cached::Session(v)) = cached {
             if v.expires_at > now {
                 return Ok(v);
             }

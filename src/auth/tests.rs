@@ -105,7 +105,7 @@ async fn a_session_dies_with_the_password_that_earned_it() {
         .unwrap();
     let cred = Credential::Bearer(Secret::new(jwt));
     let p = f.auth.authenticate(&cred, &policy_with(&f.token), now).await.unwrap();
-    assert_eq!(p.session, Some(access));
+    assert_eq!(p.session.as_deref(), Some(&access));
     f.token.set_password(Slot::Password1, None);
     let e = f.auth.authenticate(&cred, &policy_with(&f.token), now).await.unwrap_err();
     assert!(e.bearer);

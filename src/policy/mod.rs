@@ -69,7 +69,7 @@ impl CredentialKind {
 pub struct Principal {
     pub subject: Subject,
     pub credential: CredentialKind,
-    pub session: Option<Access>,
+    pub session: Option<Arc<Access>>,
 }
 
 impl Principal {

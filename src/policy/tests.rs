@@ -24,7 +24,7 @@ fn basic() -> Principal {
 }
 
 fn session(access: Access) -> Principal {
-    Principal { credential: CredentialKind::Session, session: Some(access), ..basic() }
+    Principal { credential: CredentialKind::Session, session: Some(std::sync::Arc::new(access)), ..basic() }
 }
 
 fn repo_need(repo: &RepoName, action: Action) -> Requirement<'_> {

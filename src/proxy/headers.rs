@@ -11,33 +11,26 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop and proxy headers (RFC 9110 §7.6.1) plus `Expect`, which the gateway's own
 /// HTTP stack answers.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+const HOP_BY_HOP: [&str; 9] =
+    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Client headers the registry must never see (and any other `x-forwarded-*`).
+const CLIENT_ONLY: [&str; 10] = [
+    "authorization",
+    "cookie",
+    "host",
+    "expect",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
 ];
 
-/// Client headers the registry must never see.
-const CLIENT_ONLY: [HeaderName; 10] = [
-    header::AUTHORIZATION,
-    header::COOKIE,
-    header::HOST,
-    header::EXPECT,
-    HeaderName::from_static("forwarded"),
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-real-ip"),
-];
-
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+/// Removes every header `drop` names, and those the message's `Connection` header names.
+/// One pass over the names present (a message carries a handful), then one removal each.
+fn strip(h: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -45,28 +38,25 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+    let gone: Vec<HeaderName> = h.keys().filter(|k| drop(k.as_str()) || named.contains(k)).cloned().collect();
+    for n in gone {
         h.remove(n);
     }
 }
 
+fn hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
 /// Prepares the client's headers for the registry.
 pub fn to_upstream(h: &mut HeaderMap) {
-    strip_hop_by_hop(h);
-    for n in &CLIENT_ONLY {
-        h.remove(n);
-    }
-    // any other x-forwarded-* variant
-    let extra: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("x-forwarded-")).cloned().collect();
-    for n in extra {
-        h.remove(n);
-    }
+    strip(h, |n| hop_by_hop(n) || CLIENT_ONLY.contains(&n) || n.starts_with("x-forwarded-"));
 }
 
 /// Prepares the registry's headers for the client. `upstream_origin` is the registry's own
 /// `scheme://authority` (what it writes into absolute Locations); `public_origin` replaces it.
 pub fn to_client(h: &mut HeaderMap, upstream_origin: &str, public_origin: &str) {
-    strip_hop_by_hop(h);
+    strip(h, hop_by_hop);
     if let Some(loc) = h.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
         if let Some(rest) = loc.strip_prefix(upstream_origin).filter(|r| r.starts_with('/')) {
             if let Ok(v) = HeaderValue::from_str(&format!("{public_origin}{rest}")) {

@@ -41,6 +41,9 @@ pub struct Upstream {
     /// `scheme://host[:port]` clients use.
     public_origin: String,
     limits: Limits,
+    /// `scopegate_bytes_total` by direction, resolved once.
+    bytes_up: prometheus::IntCounter,
+    bytes_down: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -62,7 +65,9 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Ok(Upstream { client, metrics, origin: config.upstream.as_string(), public_origin, limits: config.limits })
+        let bytes_up = metrics.bytes.with_label_values(&["to_upstream"]);
+        let bytes_down = metrics.bytes.with_label_values(&["to_client"]);
+        Ok(Upstream { client, metrics, origin: config.upstream.as_string(), public_origin, limits: config.limits, bytes_up, bytes_down })
     }
 
     /// Sends a request to the registry, timing it and mapping transport failures.
@@ -164,7 +169,7 @@ impl Upstream {
             // errors of the client's body are marked, so they are told apart from the registry's
             stream(body.map_err(|e| BoxError::from(ClientBodyError(e.into()))))
         };
-        let up = self.metrics.bytes.with_label_values(&["to_upstream"]);
+        let up = self.bytes_up.clone();
         let body = stream(body.map_frame(move |f| {
             if let Some(d) = f.data_ref() {
                 up.inc_by(d.len() as u64);
@@ -178,7 +183,7 @@ impl Upstream {
         let resp = self.send(Request::from_parts(parts, body), route.kind().as_str()).await?;
         let (mut parts, body) = resp.into_parts();
         headers::to_client(&mut parts.headers, &self.origin, &self.public_origin);
-        let down = self.metrics.bytes.with_label_values(&["to_client"]);
+        let down = self.bytes_down.clone();
         let body = body.map_frame(move |f| {
             if let Some(d) = f.data_ref() {
                 down.inc_by(d.len() as u64);

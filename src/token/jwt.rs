@@ -10,6 +10,8 @@
 //! Verifying here says only "we minted this and it has not expired"; whether it is still
 //! good against the policy now is `auth`'s question.
 
+use std::sync::Arc;
+
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -105,7 +107,7 @@ struct Claims {
 #[derive(Clone, Debug)]
 pub struct Verified {
     pub holder: Holder,
-    pub access: Access,
+    pub access: Arc<Access>,
     pub expires_at: i64,
 }
 
@@ -248,7 +250,7 @@ impl Issuer {
                 _ => return Err(JwtError::Invalid),
             }
         }
-        Ok(Verified { holder, access, expires_at: c.exp })
+        Ok(Verified { holder, access: Arc::new(access), expires_at: c.exp })
     }
 }
 
@@ -283,7 +285,7 @@ mod tests {
         for holder in &holders {
             let t = iss.mint(&Mint { token_use: Use::Access, holder, access: &access, issued_at: now(), expires_at: now() + 300 }).unwrap();
             let v = iss.verify(&t, Use::Access, now()).unwrap();
-            assert_eq!(v.access, access);
+            assert_eq!(*v.access, access);
             assert_eq!(&v.holder, holder);
         }
         let holder = &holders[0];
