@@ -880,12 +880,13 @@ combine_rounds() {
 # of the printed tables + the targets.
 write_report() {
   local measurements commit
-  measurements=$(for f in "$RES"/*.json; do
-      jq -c --arg name "$(basename "$f" .json)" '{path: ($name | split("__")), v: .}' "$f"
-    done | jq -s 'reduce .[] as $e ({}; setpath($e.path; $e.v))')
+  # (through a file: with every round kept, the JSON outgrows a command-line argument)
+  for f in "$RES"/*.json; do
+    jq -c --arg name "$(basename "$f" .json)" '{path: ($name | split("__")), v: .}' "$f"
+  done | jq -s 'reduce .[] as $e ({}; setpath($e.path; $e.v))' >"$WORK/measurements.json"
   commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
   RESULT=$(jq -n \
-    --argjson m "$measurements" \
+    --slurpfile measurements "$WORK/measurements.json" \
     --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg commit "$commit" --arg duration "$DURATION" \
     --argjson conc "$CONCURRENCY" --argjson threads "$THREADS" --argjson reps "$BLOB_REPS" --argjson rounds "$ROUNDS" \
     --arg big "${BIG_MIB}MiB" --arg huge "$([ "$HUGE_MIB" -gt 0 ] && echo "${HUGE_MIB}MiB")" \
@@ -898,6 +899,7 @@ write_report() {
     --argjson gwlog "$(wc -l <"$WORK/scopegate.err")" --argjson bad "$ANY_BAD" \
     --argjson rss_start "$GW_RSS_START_KIB" --argjson rss_run "$(hwm_whole_run "$GW_PID")" \
     --argjson busy_before "$BUSY_BEFORE" --argjson busy_after "$(machine_busy_pct)" --arg loadavg "$LOADAVG_BEFORE" '
+  $measurements[0] as $m |
   def r(x): if x == null then null else ((x * 100 | round) / 100) end;
   def ratio(a; b): if (a == null or b == null or b == 0) then null else ((a / b * 1000 | round) / 1000) end;
   def med: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]

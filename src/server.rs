@@ -399,6 +399,37 @@ impl Activity {
     }
 }
 
+/// One request in flight, counted on its connection's and its listener's [`Activity`].
+/// The count is given back on drop, so a request whose client hung up (hyper drops its
+/// future) does not hold a drain open until the grace period ends.
+struct InFlight {
+    on: [Arc<Activity>; 2],
+    epoch: std::time::Instant,
+}
+
+impl InFlight {
+    fn begin(on: [Arc<Activity>; 2], epoch: std::time::Instant) -> InFlight {
+        use std::sync::atomic::Ordering;
+        let now = Activity::now_ms(epoch);
+        for x in &on {
+            x.in_flight.fetch_add(1, Ordering::Relaxed);
+            x.last_ms.store(now, Ordering::Relaxed);
+        }
+        InFlight { on, epoch }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let now = Activity::now_ms(self.epoch);
+        for x in &self.on {
+            x.last_ms.store(now, Ordering::Relaxed);
+            x.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Accepts connections (TLS when an acceptor is given) until `stop` turns true. Then it
 /// drains: with [`Drain::WhenQuiet`] it keeps accepting until no request has arrived for
 /// [`DRAIN_QUIET`] and none is in flight (a push is a conversation of many requests, on as
@@ -470,17 +501,13 @@ where
                 let activity = Arc::new(Activity::default());
                 let (h, a, g) = (handler.clone(), Arc::clone(&activity), Arc::clone(&all));
                 let svc = service_fn(move |req| {
-                    let (h, a, g) = (h.clone(), Arc::clone(&a), Arc::clone(&g));
-                    for x in [&a, &g] {
-                        x.in_flight.fetch_add(1, Ordering::Relaxed);
-                        x.last_ms.store(Activity::now_ms(epoch), Ordering::Relaxed);
-                    }
+                    let h = h.clone();
+                    // counted until the response is ready, or until hyper drops the request
+                    // because its client went away
+                    let counted = InFlight::begin([Arc::clone(&a), Arc::clone(&g)], epoch);
                     async move {
                         let resp = h(req, peer).await;
-                        for x in [&a, &g] {
-                            x.last_ms.store(Activity::now_ms(epoch), Ordering::Relaxed);
-                            x.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        }
+                        drop(counted);
                         Ok::<_, Infallible>(resp)
                     }
                 });

@@ -914,3 +914,44 @@ async fn connections_over_the_limit_wait_until_one_closes() {
     tokio::time::timeout(std::time::Duration::from_secs(10), third.read_exact(&mut buf)).await.unwrap().unwrap();
     assert_eq!(&buf, b"HTTP/1.1 401");
 }
+
+/// A client that hangs up while its request waits on the registry leaves nothing counted
+/// in flight: the drain then ends once requests stop (seconds), not at the end of the grace
+/// period. (Found after a load test: oha cut its last requests off, and the next shutdown
+/// took the whole grace period.)
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_a_request_its_client_abandoned() {
+    use tokio::io::AsyncWriteExt;
+    // a registry that accepts connections and never answers
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s);
+            let _ = arrived_tx.send(());
+        }
+    });
+    let grace = 60;
+    let h = Harness::start_in_front_of(hung_addr, support::FakeRegistry::start().await, tempfile::tempdir().unwrap(), |c| {
+        c.shutdown_grace_secs = grace;
+    })
+    .await;
+    let password = h.token("abandoner", &[(HELLO, &["content/read"])]).await;
+
+    let mut client = tokio::net::TcpStream::connect(h.gw.public_addr).await.unwrap();
+    let head = format!(
+        "GET /v2/{HELLO}/manifests/latest HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+        basic("abandoner", &password)
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    // readiness: the gateway has forwarded the request (its connection reached the registry)
+    tokio::time::timeout(std::time::Duration::from_secs(10), arrived.recv()).await.expect("the request reaches the registry");
+    drop(client);
+
+    let started = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(grace), h.gw.shutdown()).await.expect("shutdown ends within the grace period");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(20), "shutdown took {took:?}: the abandoned request was still counted in flight");
+}

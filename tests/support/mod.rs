@@ -196,10 +196,17 @@ impl Harness {
     /// Starts with a configuration adjusted by `f` (listeners, upstream and data directory
     /// are the harness's).
     pub async fn start_configured(upstream: FakeRegistry, data: tempfile::TempDir, f: impl FnOnce(&mut RawConfig)) -> Harness {
+        let addr = upstream.addr;
+        Self::start_in_front_of(addr, upstream, data, f).await
+    }
+
+    /// Like [`Harness::start_configured`], but the gateway forwards to `upstream_addr`
+    /// (a test's own upstream, such as one that never answers) instead of the fake registry.
+    pub async fn start_in_front_of(upstream_addr: SocketAddr, upstream: FakeRegistry, data: tempfile::TempDir, f: impl FnOnce(&mut RawConfig)) -> Harness {
         let o = Overrides {
             listen: Some("127.0.0.1:0".into()),
             admin_listen: Some("127.0.0.1:0".into()),
-            upstream: Some(format!("http://{}", upstream.addr)),
+            upstream: Some(format!("http://{upstream_addr}")),
             data_dir: Some(data.path().to_owned()),
             public_url: None,
             database_url: None,
