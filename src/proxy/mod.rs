@@ -190,7 +190,60 @@ impl Upstream {
             }
             f
         });
-        Ok(Response::from_parts(parts, stream(body)))
+        Ok(Response::from_parts(parts, stream(FlushFirst::new(body))))
+    }
+}
+
+/// A response body whose error is reported one poll late. hyper's server holds the head
+/// and the first frames in its write buffer and keeps polling the body before it flushes;
+/// an error reported in that same pass would close the connection with nothing sent, so a
+/// client would see a bare disconnect instead of the registry's status and a body cut
+/// short. Answering `Pending` once (and waking at once) lets hyper flush what it holds
+/// first; the error follows on the next poll.
+struct FlushFirst<B: http_body::Body> {
+    inner: B,
+    error: Option<B::Error>,
+}
+
+impl<B: http_body::Body> FlushFirst<B> {
+    fn new(inner: B) -> Self {
+        FlushFirst { inner, error: None }
+    }
+}
+
+impl<B> http_body::Body for FlushFirst<B>
+where
+    B: http_body::Body + Unpin,
+    B::Error: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                this.error = Some(e);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.error.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -267,4 +320,78 @@ pub fn base_ok() -> Response<Body> {
     *r.status_mut() = StatusCode::OK;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http::Response;
+    use http_body::Frame;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::FlushFirst;
+    use crate::body::BoxError;
+
+    /// A body whose frames are all ready at once: data, then an error (a registry's body
+    /// cut short right after its first bytes arrived).
+    struct Frames(VecDeque<Result<Frame<Bytes>, BoxError>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.get_mut().0.pop_front())
+        }
+    }
+
+    fn cut_after_first_frame() -> Frames {
+        Frames(VecDeque::from([Ok(Frame::data(Bytes::from_static(b"first bytes"))), Err(BoxError::from("connection reset by peer"))]))
+    }
+
+    /// Serves one request on an in-memory connection with `body` (1,000 bytes announced)
+    /// and returns all the client received before the connection closed.
+    async fn client_receives<B>(body: B) -> String
+    where
+        B: http_body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+    {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let body = std::sync::Mutex::new(Some(body));
+        let svc = hyper::service::service_fn(move |_req| {
+            let b = body.lock().ok().and_then(|mut b| b.take());
+            async move {
+                let mut r = Response::new(crate::body::stream(b.ok_or("one request only")?));
+                r.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("1000"));
+                Ok::<_, BoxError>(r)
+            }
+        });
+        let server = tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(server), svc));
+        client.write_all(b"GET /v2/a/blobs/x HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n").await.unwrap_or_default();
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        let _ = server.await;
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_registry_body_cut_right_after_its_first_bytes_still_gives_the_client_the_head_and_those_bytes() {
+        // what hyper does on its own: the error, seen in the same pass as the first frame,
+        // closes the connection before the buffered head is written
+        let bare = client_receives(cut_after_first_frame()).await;
+        assert_eq!(bare, "", "hyper now flushes before polling the body again; FlushFirst may be unnecessary");
+        let got = client_receives(FlushFirst::new(cut_after_first_frame())).await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "the head reaches the client: {got:?}");
+        assert!(got.ends_with("\r\n\r\nfirst bytes"), "then the bytes that came before the cut, and nothing else: {got:?}");
+    }
+
+    #[tokio::test]
+    async fn flush_first_passes_a_whole_body_unchanged() {
+        let whole = Frames(VecDeque::from([Ok(Frame::data(Bytes::from(vec![b'x'; 1000])))]));
+        let got = client_receives(FlushFirst::new(whole)).await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with(&"x".repeat(1000)), "{got:?}");
+    }
 }
