@@ -66,7 +66,11 @@ pub struct Identity {
     pub issuer: String,
     pub subject: String,
     pub maps: Vec<MapName>,
+    /// The token's `exp` (what tokens issued on it may not outlive).
     pub expires_at: i64,
+    /// `exp` plus the issuer's leeway: until then (exclusive) the token is accepted, cached
+    /// or not.
+    pub accepted_until: i64,
 }
 
 #[derive(Clone)]
@@ -204,7 +208,7 @@ impl ExternalIssuers {
             }
         }
         let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
-        Ok(Identity { issuer: s.name.clone(), subject, maps: apply_rules(&s.rules, &claims), expires_at: exp })
+        Ok(Identity { issuer: s.name.clone(), subject, maps: apply_rules(&s.rules, &claims), expires_at: exp, accepted_until: exp.saturating_add(s.leeway_secs) })
     }
 
     /// Whether an issuer of this name is configured (sessions name their issuer).
@@ -426,6 +430,7 @@ mod tests {
         let claims = br#"{"iss":"https://idp.example.com","aud":"scopegate","exp":17672262088888888880}"#;
         let id = issuers.verify(&sign_exact(&pair, header, claims), 1_767_225_600).await.unwrap();
         assert_eq!(id.expires_at, i64::MAX);
+        assert_eq!(id.accepted_until, i64::MAX, "adding the leeway saturates");
     }
 
     /// The same edge on `nbf`: a date below i64 saturates to i64::MIN, and subtracting the

@@ -176,12 +176,12 @@ struct UntilExpiry;
 
 impl moka::Expiry<[u8; 32], Cached> for UntilExpiry {
     fn expire_after_create(&self, _key: &[u8; 32], value: &Cached, _created_at: std::time::Instant) -> Option<Duration> {
-        let expires_at = match value {
-            Cached::Session(v) => v.expires_at,
-            Cached::External(id) => id.expires_at,
+        let until = match value {
+            Cached::Session(v) => v.accepted_until,
+            Cached::External(id) => id.accepted_until,
             Cached::Password { .. } | Cached::ApiKey { .. } => return Some(CACHE_TTL),
         };
-        let left = u64::try_from(expires_at.saturating_sub(OffsetDateTime::now_utc().unix_timestamp())).unwrap_or(0);
+        let left = u64::try_from(until.saturating_sub(OffsetDateTime::now_utc().unix_timestamp())).unwrap_or(0);
         Some(Duration::from_secs(left).min(CACHE_TTL))
     }
 }
@@ -336,7 +336,7 @@ impl Authenticator {
         }
         let key = self.cache_key(&[b"external", token.as_bytes()]);
         if let Some(Cached::External(id)) = self.cached(&key) {
-            if id.expires_at > now {
+            if id.accepted_until > now {
                 return Ok(id);
             }
             self.cache.invalidate(&key);
@@ -351,7 +351,7 @@ impl Authenticator {
     fn verify_session(&self, key: [u8; 32], cached: Option<Cached>, token: &Secret, now: i64) -> Result<Arc<Verified>, AuthFailure> {
         if cached.is_some() { &self.hits } else { &self.misses }.inc();
         if let Some(Cached::Session(v)) = cached {
-            if v.expires_at > now {
+            if v.accepted_until > now {
                 return Ok(v);
             }
             self.cache.invalidate(&key);

@@ -111,3 +111,26 @@ async fn a_session_dies_with_the_password_that_earned_it() {
     assert!(e.bearer);
     assert!(e.reason.contains("regenerated or deleted"), "{}", e.reason);
 }
+
+#[tokio::test]
+async fn a_session_in_its_clock_skew_leeway_is_verified_once_then_served_from_the_cache_until_the_leeway_ends() {
+    // Before: a token past `exp` but within the leeway verified (ES256) on every request,
+    // because the cache kept it only until `exp`, and a cached one was refused at `exp`.
+    let f = fixture();
+    let now = OffsetDateTime::now_utc();
+    let (name, binding) = f.auth.verify_password("ci", &f.password, &policy_with(&f.token), now).unwrap();
+    let t = now.unix_timestamp();
+    let jwt = f
+        .auth
+        .issuer()
+        .mint(&Mint { token_use: Use::Access, holder: &Holder::Token { name, binding }, access: &Access::default(), issued_at: t - 300, expires_at: t - 2 })
+        .unwrap();
+    let cred = Credential::Bearer(Secret::new(jwt));
+    let p = policy_with(&f.token);
+    let (hits, misses) = (f.auth.hits.get(), f.auth.misses.get());
+    assert!(f.auth.authenticate(&cred, &p, now).await.is_ok(), "within the leeway, a fresh verification succeeds");
+    assert!(f.auth.authenticate(&cred, &p, now).await.is_ok(), "and so does the cached one");
+    assert_eq!((f.auth.hits.get() - hits, f.auth.misses.get() - misses), (1, 1), "verified once, then a cache hit");
+    let e = f.auth.authenticate(&cred, &p, now + Duration::seconds(10)).await.unwrap_err();
+    assert!(e.bearer && e.reason.contains("expired"), "past the leeway it is refused: {}", e.reason);
+}

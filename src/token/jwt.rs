@@ -108,7 +108,10 @@ struct Claims {
 pub struct Verified {
     pub holder: Holder,
     pub access: Arc<Access>,
-    pub expires_at: i64,
+    /// The last moment (Unix seconds, exclusive) it is accepted: `exp` plus the clock-skew
+    /// leeway, the same bound `verify` applies, so a cached verification lasts exactly as
+    /// long as a fresh one would succeed.
+    pub accepted_until: i64,
 }
 
 /// What to put in a new token.
@@ -250,7 +253,7 @@ impl Issuer {
                 _ => return Err(JwtError::Invalid),
             }
         }
-        Ok(Verified { holder, access: Arc::new(access), expires_at: c.exp })
+        Ok(Verified { holder, access: Arc::new(access), accepted_until: c.exp.saturating_add(leeway) })
     }
 }
 
@@ -312,7 +315,7 @@ mod tests {
         let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
         let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key.encoding, Algorithm::ES256).unwrap();
         let v = iss.verify(&format!("{input}.{sig}"), Use::Access, now()).unwrap();
-        assert_eq!(v.expires_at, i64::MAX);
+        assert_eq!(v.accepted_until, i64::MAX);
         assert_eq!(v.holder, Holder::Anonymous);
     }
 
