@@ -329,7 +329,7 @@ impl Authenticator {
         Ok((k.name.clone(), k.id.clone()))
     }
 
-    /// Verifies an external issuer's JWT (cached until its `exp`).
+    /// Verifies an external issuer's JWT (cached until its `exp` plus the issuer's leeway).
     async fn verify_external(&self, token: &str, now: i64, bearer: bool) -> Result<Arc<Identity>, AuthFailure> {
         if self.external.is_empty() {
             return Err(AuthFailure::new(bearer, if bearer { "token is not valid here" } else { BAD_LOGIN }));
@@ -346,7 +346,8 @@ impl Authenticator {
         Ok(id)
     }
 
-    /// Verifies one of our session tokens (signature and expiry; cached until it expires).
+    /// Verifies one of our session tokens (signature and expiry; cached until it expires,
+    /// leeway included).
     /// `cached` is what the cache holds under `key`, the token's session key.
     fn verify_session(&self, key: [u8; 32], cached: Option<Cached>, token: &Secret, now: i64) -> Result<Arc<Verified>, AuthFailure> {
         if cached.is_some() { &self.hits } else { &self.misses }.inc();
