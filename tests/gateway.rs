@@ -764,8 +764,13 @@ async fn readiness_follows_the_registry() {
 
 // === abuse limits (time is moved, never slept) ===
 
+/// A gateway with the given limits and a frozen clock: the throttle's answers name exact
+/// seconds, and on a slow CI machine a real second boundary crossed mid-test once turned
+/// an expected 429 into a 401 (and a `Retry-After: 900` into 899).
 async fn limited(f: impl FnOnce(&mut scopegate::config::RawConfig)) -> Harness {
-    Harness::start_configured(support::FakeRegistry::start().await, tempfile::tempdir().unwrap(), f).await
+    let h = Harness::start_configured(support::FakeRegistry::start().await, tempfile::tempdir().unwrap(), f).await;
+    h.gw.state.clock.freeze();
+    h
 }
 
 #[tokio::test]
