@@ -50,6 +50,9 @@ pub struct RawConfig {
     pub upstream_tls: Option<RawUpstreamTls>,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// Threads serving the public listener, each with its own event loop and its own
+    /// connections to the registry; 0 means one per CPU core.
+    pub workers: usize,
     /// PostgreSQL for several replicas (`postgres://…`); the embedded SQLite store without it.
     /// Prefer `SCOPEGATE_DATABASE_URL` or `--database-url` when it holds a password.
     pub database_url: Option<String>,
@@ -243,6 +246,7 @@ impl Default for RawConfig {
             tls: None,
             upstream_tls: None,
             shutdown_grace_secs: 30,
+            workers: 0,
             database_url: None,
             max_staleness_secs: 300,
             anonymous: RawAnonymous::default(),
@@ -499,6 +503,8 @@ pub struct Config {
     /// CA bundle for an https:// upstream (the Mozilla roots without it).
     pub upstream_ca_file: Option<PathBuf>,
     pub shutdown_grace: Duration,
+    /// Threads serving the public listener (at least 1).
+    pub workers: usize,
     pub database_url: Option<String>,
     pub max_staleness: Duration,
 }
@@ -626,6 +632,9 @@ impl RawConfig {
         if self.shutdown_grace_secs > 3600 {
             return Err(invalid("shutdown_grace_secs", "must be at most 3600"));
         }
+        if self.workers > 256 {
+            return Err(invalid("workers", "must be at most 256 (0 means one per CPU core)"));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -670,6 +679,10 @@ impl RawConfig {
             tls: self.tls.map(|t| (t.cert_file, t.key_file)),
             upstream_ca_file: self.upstream_tls.map(|u| u.ca_file),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            workers: match self.workers {
+                0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                n => n,
+            },
             database_url: self.database_url,
             max_staleness: Duration::from_secs(self.max_staleness_secs.max(1)),
         })
@@ -722,6 +735,7 @@ mod tests {
             "limits:\n  catalog_max_n: 5000\n",
             "log:\n  format: xml\n",
             "anonymous:\n  scope_map: 'bad name'\n",
+            "workers: 257\n",
         ];
         for y in bad {
             let raw = RawConfig::from_yaml(y).unwrap();
@@ -749,6 +763,14 @@ mod tests {
             assert!(RawConfig::from_yaml(&y).unwrap().validate().is_err(), "{y}");
         }
         assert!(RawConfig::from_yaml(&format!("{base}    jwks_file: /x\n    typo: 1\n")).is_err());
+    }
+
+    #[test]
+    fn workers_default_to_one_per_core_and_can_be_set() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(Config::load(None, &Overrides::default()).unwrap().workers, cores);
+        assert_eq!(RawConfig::from_yaml("workers: 0\n").unwrap().validate().unwrap().workers, cores);
+        assert_eq!(RawConfig::from_yaml("workers: 3\n").unwrap().validate().unwrap().workers, 3);
     }
 
     #[test]

@@ -960,3 +960,71 @@ async fn shutdown_is_not_held_up_by_a_request_its_client_abandoned() {
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(20), "shutdown took {took:?}: the abandoned request was still counted in flight");
 }
+
+// === worker threads ===
+
+/// An upstream that answers 200 to everything and records the client port of every
+/// connection it accepts.
+async fn counting_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u16>>>) {
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&ports);
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            seen.lock().unwrap().push(peer.port());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"{}"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    (addr, ports)
+}
+
+/// Opens one client connection to the gateway's public listener.
+async fn client_connection(h: &Harness) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let stream = tokio::net::TcpStream::connect(h.gw.public_addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// Each worker thread keeps its own keep-alive connections to the registry: two client
+/// connections, served by two workers, use two upstream connections even when their
+/// requests never overlap (one shared pool would have reused a single one), and each
+/// upstream connection is reused by its worker.
+#[tokio::test]
+async fn each_worker_keeps_its_own_upstream_connections() {
+    for (workers, expected) in [(2, 2), (1, 1)] {
+        let (addr, ports) = counting_upstream().await;
+        let h = Harness::start_in_front_of(addr, support::FakeRegistry::start().await, tempfile::tempdir().unwrap(), |raw| raw.workers = workers).await;
+        let pw = h.token("ci", &[("team/app", &["content/read"])]).await;
+        let auth = basic("ci", &pw);
+        let mut conns = vec![client_connection(&h).await, client_connection(&h).await];
+        for round in 0..3 {
+            for c in &mut conns {
+                let req = http::Request::get("/v2/team/app/manifests/v1").header("authorization", &auth).header("host", "gateway").body(http_body_util::Empty::new()).unwrap();
+                let resp = c.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK, "round {round}");
+                http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+            }
+        }
+        let opened = ports.lock().unwrap().len();
+        assert_eq!(opened, expected, "{workers} worker(s): upstream connections for 6 requests on 2 client connections");
+    }
+}
+
+#[tokio::test]
+async fn the_number_of_workers_cannot_change_on_reload() {
+    let h = Harness::start_configured(support::FakeRegistry::start().await, tempfile::tempdir().unwrap(), |raw| raw.workers = 2).await;
+    let mut changed = h.gw.state.runtime().config.clone();
+    changed.workers = 3;
+    let e = h.gw.reload(changed).await.unwrap_err();
+    assert!(e.contains("workers cannot change while running"), "{e}");
+    let same = h.gw.state.runtime().config.clone();
+    assert!(h.gw.reload(same).await.is_ok());
+}

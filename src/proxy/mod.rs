@@ -34,7 +34,12 @@ use crate::route::{Endpoint, Route};
 
 /// The registry behind the gateway.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// The pool of keep-alive connections of requests made off the worker threads.
+    main: Client<HttpsConnector<HttpConnector>, Body>,
+    /// One pool per worker thread ([`crate::server::workers::current`] `- 1`). A
+    /// connection's driving task lives on the thread that opened it, so a worker only
+    /// ever uses connections on its own event loop.
+    per_worker: Vec<Client<HttpsConnector<HttpConnector>, Body>>,
     metrics: Arc<Metrics>,
     /// `http://host:port` of the registry.
     origin: String,
@@ -61,13 +66,24 @@ impl Upstream {
         http.enforce_http(false);
         let tls = crate::tls::client_config(config.upstream_ca_file.as_deref()).map_err(|e| format!("upstream_tls: {e}"))?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let pool = || {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256)
+                .build(connector.clone())
+        };
+        let (main, per_worker) = (pool(), (0..config.workers).map(|_| pool()).collect());
         let bytes_up = metrics.bytes.with_label_values(&["to_upstream"]);
         let bytes_down = metrics.bytes.with_label_values(&["to_client"]);
-        Ok(Upstream { client, metrics, origin: config.upstream.as_string(), public_origin, limits: config.limits, bytes_up, bytes_down })
+        Ok(Upstream { main, per_worker, metrics, origin: config.upstream.as_string(), public_origin, limits: config.limits, bytes_up, bytes_down })
+    }
+
+    /// This thread's pool.
+    fn client(&self) -> &Client<HttpsConnector<HttpConnector>, Body> {
+        match crate::server::workers::current() {
+            0 => &self.main,
+            i => self.per_worker.get(i - 1).unwrap_or(&self.main),
+        }
     }
 
     /// Sends a request to the registry, timing it and mapping transport failures.
@@ -77,7 +93,7 @@ impl Upstream {
         // a request without a body must be answered within the response timeout; one with
         // a body (an upload) takes as long as the client takes to send it
         let answer = if http_body::Body::is_end_stream(req.body()) {
-            match tokio::time::timeout(self.limits.upstream_response_timeout, self.client.request(req)).await {
+            match tokio::time::timeout(self.limits.upstream_response_timeout, self.client().request(req)).await {
                 Ok(a) => a,
                 Err(_) => {
                     m.upstream_responses.with_label_values(&["timeout"]).inc();
@@ -86,7 +102,7 @@ impl Upstream {
                 }
             }
         } else {
-            self.client.request(req).await
+            self.client().request(req).await
         };
         match answer {
             Ok(resp) => {
@@ -115,7 +131,7 @@ impl Upstream {
             .uri(format!("{}/v2/", self.origin))
             .body(crate::body::empty())
             .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await {
+        match tokio::time::timeout(Duration::from_secs(2), self.client().request(req)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("unreachable: {}", transport_failure(&e).message)),
             Err(_) => Err("did not answer within 2 s".into()),

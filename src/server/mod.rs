@@ -6,7 +6,13 @@
 //! without dropping a connection, or refuses it and changes nothing.
 //!
 //! Connection handling is hyper's (HTTP/1.1 with keep-alive and a header read timeout);
-//! this module parses nothing itself.
+//! this module parses nothing itself. The public listener's connections run on
+//! [`workers`] threads, one event loop each; the admin listener and background tasks run
+//! on the caller's runtime.
+
+pub mod workers;
+
+use workers::Workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -228,6 +234,7 @@ pub async fn start_with_store(
         None => None,
     };
     let grace = config.shutdown_grace;
+    let workers = Arc::new(Workers::start(config.workers).map_err(|e| StartError::Other(format!("cannot start the worker threads: {e}")))?);
     let runtime = Runtime::build(config, public_addr, Arc::clone(&keys), &metrics).await.map_err(StartError::Other)?;
     let state = Arc::new(State::new(runtime, store, clock, metrics, keys, policy, digest));
 
@@ -258,6 +265,7 @@ pub async fn start_with_store(
         closed: Some(public_closed),
         limits: move || ConnectionLimits::of(&s0.runtime().config.limits),
         open: Some(state.metrics.connections_open.clone()),
+        workers: Some(workers),
     };
     tasks.push(tokio::spawn(serve(public, move |req, peer| {
         let s = Arc::clone(&s1);
@@ -274,6 +282,7 @@ pub async fn start_with_store(
         closed: None,
         limits: || ConnectionLimits { max_connections: 256, max_header_bytes: 64 * 1024, max_headers: 100, header_read_timeout: Duration::from_secs(15) },
         open: None,
+        workers: None,
     };
     tasks.push(tokio::spawn(serve(admin, move |req, _peer| {
         let s = Arc::clone(&s2);
@@ -286,8 +295,9 @@ pub async fn start_with_store(
 
 impl Running {
     /// Applies a new configuration: builds everything it needs first, and only then swaps
-    /// it in. A failure changes nothing. Listener addresses, TLS files and the data
-    /// directory need a restart; their changes are refused with a message saying so.
+    /// it in. A failure changes nothing. Listener addresses, TLS files, the data directory
+    /// and the number of workers need a restart; their changes are refused with a message
+    /// saying so.
     pub async fn reload(&self, new: Config) -> Result<(), String> {
         let state = &self.state;
         let result = async {
@@ -296,6 +306,7 @@ impl Running {
                 ("listen", old.listen.to_string(), new.listen.to_string()),
                 ("admin.listen", old.admin_listen.to_string(), new.admin_listen.to_string()),
                 ("data_dir", old.data_dir.display().to_string(), new.data_dir.display().to_string()),
+                ("workers", old.workers.to_string(), new.workers.to_string()),
                 ("tls", format!("{:?}", old.tls), format!("{:?}", new.tls)),
                 ("token.signing_key_file", format!("{:?}", old.token.signing_key_file), format!("{:?}", new.token.signing_key_file)),
             ];
@@ -375,6 +386,8 @@ struct Listening<L> {
     limits: L,
     /// Counts open connections.
     open: Option<prometheus::IntGauge>,
+    /// Where accepted connections run: these threads, or (without) the caller's runtime.
+    workers: Option<Arc<Workers>>,
 }
 
 /// Whether a listener keeps accepting while draining.
@@ -442,7 +455,7 @@ where
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
     use std::sync::atomic::Ordering;
-    let Listening { listener, tls, mut stop, grace, drain, closed, limits, open } = l;
+    let Listening { listener, tls, mut stop, grace, drain, closed, limits, open, workers } = l;
     // a connection's task holds one of these while it runs; at the limit, accepting waits
     // (further clients queue in the kernel's backlog) until one ends
     let slots = Arc::new(tokio::sync::Semaphore::new(0));
@@ -514,7 +527,7 @@ where
                 let tls = tls.clone();
                 let stop = stop.clone();
                 let gauge = open.clone();
-                connections.spawn(async move {
+                let connection = async move {
                     let _slot = slot;
                     let _open = gauge.map(OpenConnection::new);
                     let mut builder = http1::Builder::new();
@@ -535,7 +548,11 @@ where
                     if let Err(e) = result {
                         debug!(client = %peer, error = %e, "connection ended with an error");
                     }
-                });
+                };
+                match &workers {
+                    Some(w) => connections.spawn_on(connection, w.next()),
+                    None => connections.spawn(connection),
+                };
             }
             () = stopped(&mut stop), if !draining => {
                 draining = true;
