@@ -96,6 +96,7 @@ ALLOWED_CONFIG = {
     "tls": {"cert_file", "key_file"},
     "upstream_tls": {"ca_file"},
     "shutdown_grace_secs": None,
+    "workers": None,
     "log": {"format", "level"},
     "audit": {"output"},
     "anonymous": {"scope_map"},
