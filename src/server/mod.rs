@@ -549,8 +549,8 @@ where
                         debug!(client = %peer, error = %e, "connection ended with an error");
                     }
                 };
-                match &workers {
-                    Some(w) => connections.spawn_on(connection, w.next()),
+                match workers.as_deref().and_then(Workers::next) {
+                    Some(w) => connections.spawn_on(connection, w),
                     None => connections.spawn(connection),
                 };
             }

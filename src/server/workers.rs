@@ -26,8 +26,6 @@ pub fn current() -> usize {
 /// The running worker threads. Dropping this stops them: whatever still runs on them is
 /// dropped (the server has drained or given up on its connections by then).
 pub struct Workers {
-    /// The first worker's handle; `handles` holds it again, with the others.
-    first: Handle,
     handles: Vec<Handle>,
     next: AtomicUsize,
     _stop: Vec<oneshot::Sender<()>>,
@@ -62,14 +60,13 @@ impl Workers {
             handles.push(handle);
             stops.push(stop_tx);
         }
-        let first = handles.first().cloned().ok_or_else(|| std::io::Error::other("no worker thread"))?;
-        Ok(Workers { first, handles, next: AtomicUsize::new(0), _stop: stops })
+        Ok(Workers { handles, next: AtomicUsize::new(0), _stop: stops })
     }
 
-    /// The worker the next connection goes to.
-    pub fn next(&self) -> &Handle {
+    /// The worker the next connection goes to (always one: `start` makes at least one).
+    pub fn next(&self) -> Option<&Handle> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len().max(1);
-        self.handles.get(i).unwrap_or(&self.first)
+        self.handles.get(i)
     }
 }
 
@@ -84,7 +81,7 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..4 {
             let (tx, rx) = std::sync::mpsc::channel();
-            w.next().spawn(async move { tx.send(current()).unwrap() });
+            w.next().unwrap().spawn(async move { tx.send(current()).unwrap() });
             seen.push(rx.recv().unwrap());
         }
         assert_eq!(seen, [1, 2, 1, 2]);
@@ -95,7 +92,7 @@ mod tests {
         let w = Workers::start(1).unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         // a task that never ends holds the sender; it must be dropped with the worker
-        w.next().spawn(async move {
+        w.next().unwrap().spawn(async move {
             let _tx = tx;
             std::future::pending::<()>().await;
         });
