@@ -12,7 +12,7 @@
 
 pub mod workers;
 
-use workers::Workers;
+use workers::{Handoff, Workers};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -511,6 +511,14 @@ where
                 };
                 while connections.try_join_next().is_some() {}
                 let _ = stream.set_nodelay(true);
+                let worker = workers.as_deref().and_then(Workers::next);
+                let stream = match Handoff::new(stream, worker.is_some()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        debug!(client = %peer, error = %e, "could not hand the connection to a worker");
+                        continue;
+                    }
+                };
                 let activity = Arc::new(Activity::default());
                 let (h, a, g) = (handler.clone(), Arc::clone(&activity), Arc::clone(&all));
                 let svc = service_fn(move |req| {
@@ -530,6 +538,10 @@ where
                 let connection = async move {
                     let _slot = slot;
                     let _open = gauge.map(OpenConnection::new);
+                    let stream = match stream.register() {
+                        Ok(s) => s,
+                        Err(e) => return debug!(client = %peer, error = %e, "could not register the connection"),
+                    };
                     let mut builder = http1::Builder::new();
                     builder
                         .timer(TokioTimer::new())
@@ -549,7 +561,7 @@ where
                         debug!(client = %peer, error = %e, "connection ended with an error");
                     }
                 };
-                match workers.as_deref().and_then(Workers::next) {
+                match worker {
                     Some(w) => connections.spawn_on(connection, w),
                     None => connections.spawn(connection),
                 };

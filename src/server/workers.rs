@@ -4,14 +4,28 @@
 //! worker keeps its own pool, see [`current`]) and the bytes it copies stay on one core,
 //! with no hand-off between threads and no work-stealing bookkeeping.
 //!
-//! This module only owns the threads; what runs on them is the server's.
+//! Two properties of tokio's event loop matter here, and this module takes care of both:
+//! - A socket reports readiness to the loop it was registered with. An accepted socket is
+//!   registered with the accepting loop, so it travels to its worker bare ([`Handoff`]) and
+//!   registers there; otherwise every read and write readiness would be relayed from the
+//!   accepting thread to the worker (an extra thread wake-up per event).
+//! - Arming a timer while none is pending wakes the loop once (tokio recomputes when to
+//!   wake). Every request arms two (hyper's header read timeout, the upstream response
+//!   timeout), so each worker keeps one short timer pending at all times ([`KEEP_ARMED`]):
+//!   the request timers then always lie beyond it and arm without a wake-up.
+//!
+//! This module only owns the threads and the hand-off; what runs on them is the server's.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+/// The period of the timer each worker keeps pending; shorter than any request timeout.
+const KEEP_ARMED: Duration = Duration::from_secs(1);
 
 thread_local! {
     /// 1 + the index of the worker this thread is; 0 on any other thread.
@@ -53,7 +67,17 @@ impl Workers {
                 };
                 let _ = ready_tx.send(Ok(rt.handle().clone()));
                 // runs the connections handed to it until told to stop (or the sender is gone)
-                let _ = rt.block_on(stop_rx);
+                rt.block_on(async move {
+                    tokio::pin!(stop_rx);
+                    let mut armed = tokio::time::interval(KEEP_ARMED);
+                    armed.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = &mut stop_rx => break,
+                            _ = armed.tick() => {}
+                        }
+                    }
+                });
                 rt.shutdown_timeout(Duration::from_millis(200));
             })?;
             let handle = ready_rx.recv().map_err(|_| std::io::Error::other("a worker thread ended before it started"))??;
@@ -67,6 +91,31 @@ impl Workers {
     pub fn next(&self) -> Option<&Handle> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len().max(1);
         self.handles.get(i)
+    }
+}
+
+/// An accepted connection on its way to the thread that serves it.
+#[derive(Debug)]
+pub enum Handoff {
+    /// Stays on the accepting loop.
+    Registered(TcpStream),
+    /// Goes to a worker, unregistered.
+    Bare(std::net::TcpStream),
+}
+
+impl Handoff {
+    /// Prepares `stream` to be served on a worker (`to_worker`) or where it was accepted.
+    pub fn new(stream: TcpStream, to_worker: bool) -> std::io::Result<Handoff> {
+        Ok(if to_worker { Handoff::Bare(stream.into_std()?) } else { Handoff::Registered(stream) })
+    }
+
+    /// The stream, registered with the event loop of the calling thread; call it from the
+    /// task that serves the connection.
+    pub fn register(self) -> std::io::Result<TcpStream> {
+        match self {
+            Handoff::Registered(s) => Ok(s),
+            Handoff::Bare(s) => TcpStream::from_std(s),
+        }
     }
 }
 
@@ -85,6 +134,39 @@ mod tests {
             seen.push(rx.recv().unwrap());
         }
         assert_eq!(seen, [1, 2, 1, 2]);
+    }
+
+    #[test]
+    fn a_handed_off_connection_is_served_by_its_worker_without_the_accepting_loop() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let w = Workers::start(1).unwrap();
+        // accept on a loop of its own, hand the socket off, then end that loop: a socket
+        // still registered with it could no longer be served
+        let accepting = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (handoff, mut client) = accepting.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            (Handoff::new(stream, true).unwrap(), client)
+        });
+        drop(accepting);
+        let (tx, rx) = std::sync::mpsc::channel();
+        w.next().unwrap().spawn(async move {
+            let served = async {
+                let mut s = handoff.register()?;
+                let mut buf = [0u8; 4];
+                s.read_exact(&mut buf).await?;
+                s.write_all(&buf).await?;
+                std::io::Result::Ok(())
+            };
+            tx.send(served.await.map_err(|e| e.to_string())).unwrap();
+        });
+        std::io::Write::write_all(&mut client, b"ping").unwrap();
+        let mut echoed = [0u8; 4];
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        std::io::Read::read_exact(&mut client, &mut echoed).unwrap();
+        assert_eq!(&echoed, b"ping");
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Ok(()));
     }
 
     #[test]
