@@ -35,6 +35,7 @@
 #
 # Env knobs (defaults in brackets):
 #   DURATION [10s]      length of each oha/wrk load (Ns or Nm)
+#   WARMUP [3s]         length of the unrecorded warm-up load per manifest path
 #   CONCURRENCY [16]    connections for oha and wrk
 #   THREADS [2]         wrk threads
 #   ROUNDS [3]          rounds of the manifest and blob loads (paths interleaved)
@@ -62,6 +63,7 @@
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-3s}
 CONCURRENCY=${CONCURRENCY:-16}
 THREADS=${THREADS:-2}
 BLOB_REPS=${BLOB_REPS:-3}
@@ -579,6 +581,27 @@ wait_quiet() {
 # Each prints one JSON object. Every one checks its exact request first and dies
 # unless it answers as expected; status counts of the load itself are checked after.
 
+# The paths, turned left by ROUND-1 places: round 2 of "a b c" runs "b c a".
+turned() { # round path...
+  local r=$1; shift
+  local a=("$@") i
+  for ((i = 0; i < ${#a[@]}; i++)); do printf '%s ' "${a[(i + r - 1) % ${#a[@]}]}"; done
+}
+
+# One short HEAD load per manifest path, not recorded: the first load of a run otherwise
+# meets a cold registry (its first round ran up to 25% slower than the later ones).
+warm_up_manifests() {
+  local tgt url auth args
+  for tgt in $MANIFEST_TARGETS; do
+    url=$(base_for "$tgt")$MANIFEST_PATH
+    auth=$(auth_for "$tgt")
+    args=(-z "$WARMUP" -c "$CONCURRENCY" -m HEAD -H "Accept: $OCI_MANIFEST" --no-tui --output-format json)
+    [ -n "$auth" ] && args+=(-H "Authorization: $auth")
+    log "$tgt: warm-up, oha -z $WARMUP (not recorded)"
+    timeout --foreground -k 5 "$LOAD_LIMIT" "$OHA" "${args[@]}" "$url" >/dev/null 2>&1 || die "warm-up load failed for $tgt"
+  done
+}
+
 measure_head() { # path
   exit_on_signals
   local tgt=$1 url auth out n cpu
@@ -1068,10 +1091,13 @@ fi
 
 # Every path is measured once per round, the paths interleaved, so a drift of the machine
 # or of the registry over the run touches all of them alike; ratios are taken within a
-# round and the median over the rounds is reported.
+# round and the median over the rounds is reported. The order turns by one path each
+# round, so no path always runs first or always follows the same one; and one unrecorded
+# load per path warms the registry, the proxies and their caches before round 1.
+warm_up_manifests
 for ROUND in $(seq 1 "$ROUNDS"); do
   RTAG=-r$ROUND
-  for tgt in $MANIFEST_TARGETS; do
+  for tgt in $(turned "$ROUND" $MANIFEST_TARGETS); do
     run_measure "head_manifest__${tgt}__r$ROUND" measure_head "$tgt"
     run_measure "get_manifest__${tgt}__r$ROUND" measure_get "$tgt"
   done
@@ -1090,7 +1116,7 @@ fi
 for ROUND in $(seq 1 "$ROUNDS"); do
   RTAG=-r$ROUND
   for label in "${BLOB_LABELS[@]}"; do
-    for tgt in $BLOB_TARGETS; do
+    for tgt in $(turned "$ROUND" $BLOB_TARGETS); do
       run_measure "blob_get__${label}__${tgt}__r$ROUND" measure_blob_get "$tgt" "$label"
       run_measure "blob_put__${label}__${tgt}__r$ROUND" measure_blob_put "$tgt" "$label"
     done
