@@ -591,20 +591,22 @@ turned() { # round path...
 # One short HEAD load per manifest path, not recorded: the first load of a run otherwise
 # meets a cold registry (its first round ran up to 25% slower than the later ones).
 warm_up_manifests() {
-  local tgt url
+  local tgt url args
   for tgt in $MANIFEST_TARGETS; do
     url=$(base_for "$tgt")$MANIFEST_PATH
-    head_args "$WARMUP" "$(auth_for "$tgt")"
+    head_args args "$WARMUP" "$(auth_for "$tgt")"
     log "$tgt: warm-up, oha -z $WARMUP (not recorded)"
-    timeout --foreground -k 5 "$LOAD_LIMIT" "$OHA" "${HEAD_ARGS[@]}" "$url" >/dev/null 2>&1 || die "warm-up load failed for $tgt"
+    timeout --foreground -k 5 "$LOAD_LIMIT" "$OHA" "${args[@]}" "$url" >/dev/null 2>&1 || die "warm-up load failed for $tgt"
   done
 }
 
-# oha's arguments for a HEAD manifest load of DURATION, with AUTH unless empty, in HEAD_ARGS
-head_args() { # duration auth
-  HEAD_ARGS=(-z "$1" -c "$CONCURRENCY" -m HEAD -H "Accept: $OCI_MANIFEST" --no-tui
-             --output-format json --wait-ongoing-requests-after-deadline)
-  if [ -n "$2" ]; then HEAD_ARGS+=(-H "Authorization: $2"); fi
+# oha's arguments for a HEAD manifest load of DURATION, with AUTH unless empty, into the
+# caller's array VAR
+head_args() { # var duration auth
+  local -n into=$1
+  into=(-z "$2" -c "$CONCURRENCY" -m HEAD -H "Accept: $OCI_MANIFEST" --no-tui
+        --output-format json --wait-ongoing-requests-after-deadline)
+  if [ -n "$3" ]; then into+=(-H "Authorization: $3"); fi
 }
 
 measure_head() { # path
@@ -613,8 +615,8 @@ measure_head() { # path
   url=$(base_for "$tgt")$MANIFEST_PATH
   auth=$(auth_for "$tgt")
   expect_200 HEAD "$url" "$auth"
-  head_args "$DURATION" "$auth"
-  local args=("${HEAD_ARGS[@]}")
+  local args
+  head_args args "$DURATION" "$auth"
   log "$tgt: HEAD manifest, oha -z $DURATION -c $CONCURRENCY"
   conn_sample_start "$RAW/$tgt-head$RTAG.conns"
   acct_begin
@@ -701,8 +703,8 @@ measure_isolated() { # proxy rate
     nginx) url=$NGXK$MANIFEST_PATH; auth=""; pids=("${NGX_PIDS[@]}") ;;
   esac
   expect_200 HEAD "$url" "$auth"
-  head_args "$DURATION" "$auth"
-  local args=("${HEAD_ARGS[@]}")
+  local args
+  head_args args "$DURATION" "$auth"
   [ "$rate" -gt 0 ] && args+=(-q "$rate")
   log "isolation: $proxy in front of the static upstream, HEAD manifest, $([ "$rate" -gt 0 ] && echo "paced at $rate req/s" || echo "full speed")"
   times >"$WORK/times0"

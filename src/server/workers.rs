@@ -24,7 +24,8 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// The period of the timer each worker keeps pending; shorter than any request timeout.
+/// The period of the timer each worker keeps pending; no longer than any request timeout
+/// (the shortest a configuration allows is 1 s), so a request's timer never lies before it.
 const KEEP_ARMED: Duration = Duration::from_secs(1);
 
 thread_local! {
