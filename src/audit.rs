@@ -38,14 +38,15 @@ impl AuditOutput {
 /// One decision.
 #[derive(Debug, Serialize)]
 pub struct Event<'a> {
-    pub time: String,
+    pub time: &'a str,
     pub request_id: &'a str,
-    pub client: String,
+    #[serde(serialize_with = "as_text")]
+    pub client: std::net::IpAddr,
     pub endpoint: &'static str,
     pub method: &'a str,
     pub credential: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
+    pub subject: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repository: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,11 +57,19 @@ pub struct Event<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// An address as its usual text, written straight into the line.
+fn as_text<S: serde::Serializer>(ip: &std::net::IpAddr, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(ip)
+}
+
+/// Room for a typical line, so one is built in one allocation.
+const LINE: usize = 384;
+
 /// Lines buffered between the request path and the writer.
 const QUEUE: usize = 65_536;
 
 pub struct Auditor {
-    tx: Option<SyncSender<String>>,
+    tx: Option<SyncSender<Vec<u8>>>,
     writer: Option<std::thread::JoinHandle<()>>,
     dropped: IntCounter,
 }
@@ -82,7 +91,7 @@ impl Auditor {
             AuditOutput::Stderr => Box::new(std::io::stderr()),
             AuditOutput::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
-        let (tx, rx) = sync_channel::<String>(QUEUE);
+        let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
         let writer = std::thread::Builder::new().name("scopegate-audit".into()).spawn(move || {
             use std::sync::mpsc::TryRecvError;
             let mut out = std::io::BufWriter::with_capacity(256 * 1024, sink);
@@ -91,7 +100,7 @@ impl Auditor {
                 loop {
                     match rx.try_recv() {
                         Ok(line) => {
-                            let _ = out.write_all(line.as_bytes());
+                            let _ = out.write_all(&line);
                         }
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => {
@@ -117,8 +126,11 @@ impl Auditor {
 
     pub fn record(&self, e: &Event<'_>) {
         let Some(tx) = &self.tx else { return };
-        let Ok(mut line) = serde_json::to_string(e) else { return };
-        line.push('\n');
+        let mut line = Vec::with_capacity(LINE);
+        if serde_json::to_writer(&mut line, e).is_err() {
+            return;
+        }
+        line.push(b'\n');
         match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),

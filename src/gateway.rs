@@ -58,12 +58,19 @@ fn subject_name(s: &Subject) -> Option<String> {
     }
 }
 
-/// Request ids: a random per-process prefix and a counter.
-fn request_id() -> String {
+/// Request ids: a random per-process prefix and a counter, in hex, made as the
+/// `X-Request-Id` value itself (the audit line reads it back).
+fn request_id() -> HeaderValue {
+    use std::io::Write as _;
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let prefix = *PREFIX.get_or_init(|| crate::auth::secret::random_bytes::<4>().map(u32::from_be_bytes).unwrap_or(0));
-    format!("{prefix:08x}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    // 8 digits of prefix and up to 16 of counter
+    let mut buf = [0u8; 24];
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(w, "{prefix:08x}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let n = usize::try_from(w.position()).unwrap_or(0);
+    buf.get(..n).and_then(|b| HeaderValue::from_bytes(b).ok()).unwrap_or_else(|| HeaderValue::from_static("0"))
 }
 
 /// Serves one request on the public listener.
@@ -104,10 +111,8 @@ where
         (r.to_response(&rt.realm, &rt.config.token.service), t)
     };
     state.metrics.in_flight.dec();
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(header::HeaderName::from_static("x-request-id"), v);
-    }
-    record(&state, &rt, &id, peer, &method, &trace, resp.status().as_u16());
+    record(&state, &rt, id.to_str().unwrap_or_default(), peer, &method, &trace, resp.status().as_u16());
+    resp.headers_mut().insert(header::HeaderName::from_static("x-request-id"), id);
     resp
 }
 
@@ -122,20 +127,31 @@ fn record(state: &State, rt: &Runtime, id: &str, peer: SocketAddr, method: &Meth
     if !rt.audit.is_on() {
         return;
     }
+    let mut time = [0u8; 64];
     rt.audit.record(&Event {
-        time: state.clock.now().format(&Rfc3339).unwrap_or_default(),
+        time: rfc3339(state.clock.now(), &mut time),
         request_id: id,
-        client: peer.ip().to_string(),
+        client: peer.ip(),
         endpoint: t.endpoint,
         method: method.as_str(),
         credential: t.credential.as_str(),
-        subject: t.subject.clone(),
+        subject: t.subject.as_deref(),
         repository: t.repository.as_deref(),
         action: t.action,
         outcome: outcome.as_str(),
         status,
         reason: t.reason.as_deref(),
     });
+}
+
+/// `t` in RFC 3339, written into `buf` (no allocation; a time that does not fit is empty).
+fn rfc3339(t: time::OffsetDateTime, buf: &mut [u8; 64]) -> &str {
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    let n = match t.format_into(&mut w, &Rfc3339) {
+        Ok(_) => usize::try_from(w.position()).unwrap_or(0),
+        Err(_) => 0,
+    };
+    buf.get(..n).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default()
 }
 
 /// Runs `attempt` under the failed-login throttle when `login` is a Basic login (see

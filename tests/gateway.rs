@@ -696,8 +696,9 @@ async fn every_decision_writes_one_audit_line_without_secrets() {
         ("/v2/other/manifests/v1".to_owned(), basic("ci", &pw), "denied"),
         ("/v2/other/manifests/v1".to_owned(), basic("ci", "sgp_wrong"), "unauthenticated"),
     ];
+    let mut ids = Vec::new();
     for (target, auth, _) in &cases {
-        h.v2("GET", target, &[("authorization", auth)]).await;
+        ids.push(h.v2("GET", target, &[("authorization", auth)]).await.header("x-request-id").to_owned());
     }
     // the writer thread flushes when idle: wait for the five lines (token + 4 requests)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -711,11 +712,18 @@ async fn every_decision_writes_one_audit_line_without_secrets() {
     let events: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.len(), 5, "{lines}");
     assert_eq!(events[0]["endpoint"], "token");
-    for (e, (_, _, outcome)) in events[1..].iter().zip(&cases) {
+    for ((e, (_, _, outcome)), id) in events[1..].iter().zip(&cases).zip(&ids) {
         assert_eq!(e["outcome"], *outcome, "{e}");
         for field in ["time", "request_id", "client", "credential", "status"] {
             assert!(!e[field].is_null(), "{field} missing in {e}");
         }
+        // the line names the request as the client's X-Request-Id does
+        assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "request id {id:?}");
+        assert_eq!(e["request_id"], id.as_str(), "{e}");
+        assert_eq!(e["client"], "127.0.0.1", "{e}");
+        let time = e["time"].as_str().unwrap();
+        let at = time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339).unwrap_or_else(|err| panic!("{time}: {err}"));
+        assert!((time::OffsetDateTime::now_utc() - at).abs() < time::Duration::minutes(5), "{time}");
     }
     assert_eq!(events[1]["subject"], "ci");
     assert_eq!(events[1]["repository"], HELLO);

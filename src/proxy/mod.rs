@@ -43,6 +43,8 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     /// `http://host:port` of the registry.
     origin: String,
+    /// The same, parsed: every forwarded request's URI is built on it.
+    upstream: crate::config::Origin,
     /// `scheme://host[:port]` clients use.
     public_origin: String,
     limits: Limits,
@@ -75,7 +77,7 @@ impl Upstream {
         let (main, per_worker) = (pool(), (0..config.workers).map(|_| pool()).collect());
         let bytes_up = metrics.bytes.with_label_values(&["to_upstream"]);
         let bytes_down = metrics.bytes.with_label_values(&["to_client"]);
-        Ok(Upstream { main, per_worker, metrics, origin: config.upstream.as_string(), public_origin, limits: config.limits, bytes_up, bytes_down })
+        Ok(Upstream { main, per_worker, metrics, origin: config.upstream.as_string(), upstream: config.upstream.clone(), public_origin, limits: config.limits, bytes_up, bytes_down })
     }
 
     /// This thread's pool.
@@ -180,25 +182,24 @@ impl Upstream {
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
                 Err(e) => return Err(client_body_failure(&*e)),
             };
-            crate::body::full(bytes)
+            counted(http_body_util::Full::new(bytes), &self.bytes_up)
+        } else if http_body::Body::is_end_stream(&body) {
+            crate::body::empty()
         } else {
             // errors of the client's body are marked, so they are told apart from the registry's
-            stream(body.map_err(|e| BoxError::from(ClientBodyError(e.into()))))
+            counted(body.map_err(|e| BoxError::from(ClientBodyError(e.into()))), &self.bytes_up)
         };
-        let up = self.bytes_up.clone();
-        let body = stream(body.map_frame(move |f| {
-            if let Some(d) = f.data_ref() {
-                up.inc_by(d.len() as u64);
-            }
-            f
-        }));
         headers::to_upstream(&mut parts.headers);
         let target = route.upstream_target(grant.mount_allowed()).ok_or_else(|| Rejection::internal("this endpoint is not forwarded"))?;
-        parts.uri = format!("{}{target}", self.origin).parse().map_err(|e| Rejection::internal(format!("cannot build the upstream URI: {e}")))?;
+        parts.uri = self.uri(target)?;
         parts.version = http::Version::HTTP_11;
         let resp = self.send(Request::from_parts(parts, body), route.kind().as_str()).await?;
         let (mut parts, body) = resp.into_parts();
         headers::to_client(&mut parts.headers, &self.origin, &self.public_origin);
+        if http_body::Body::is_end_stream(&body) {
+            // a HEAD's answer, or an empty one
+            return Ok(Response::from_parts(parts, crate::body::empty()));
+        }
         let down = self.bytes_down.clone();
         let body = body.map_frame(move |f| {
             if let Some(d) = f.data_ref() {
@@ -208,6 +209,31 @@ impl Upstream {
         });
         Ok(Response::from_parts(parts, stream(FlushFirst::new(body))))
     }
+
+    /// The registry's URI for a forwarded request's path and query.
+    fn uri(&self, target: String) -> Result<http::Uri, Rejection> {
+        let cannot = |e: &dyn std::fmt::Display| Rejection::internal(format!("cannot build the upstream URI: {e}"));
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(self.upstream.scheme.clone());
+        uri.authority = Some(self.upstream.authority.clone());
+        uri.path_and_query = Some(http::uri::PathAndQuery::try_from(target).map_err(|e| cannot(&e))?);
+        http::Uri::from_parts(uri).map_err(|e| cannot(&e))
+    }
+}
+
+/// A request body that counts its bytes into `counter` as they go to the registry.
+fn counted<B>(body: B, counter: &prometheus::IntCounter) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let counter = counter.clone();
+    stream(body.map_frame(move |f| {
+        if let Some(d) = f.data_ref() {
+            counter.inc_by(d.len() as u64);
+        }
+        f
+    }))
 }
 
 /// A response body whose error is reported one poll late. hyper's server holds the head
