@@ -67,10 +67,8 @@ fn request_id() -> HeaderValue {
     let prefix = *PREFIX.get_or_init(|| crate::auth::secret::random_bytes::<4>().map(u32::from_be_bytes).unwrap_or(0));
     // 8 digits of prefix and up to 16 of counter
     let mut buf = [0u8; 24];
-    let mut w = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(w, "{prefix:08x}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed));
-    let n = usize::try_from(w.position()).unwrap_or(0);
-    buf.get(..n).and_then(|b| HeaderValue::from_bytes(b).ok()).unwrap_or_else(|| HeaderValue::from_static("0"))
+    let id = on_stack(&mut buf, |w| write!(w, "{prefix:08x}{:08x}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    HeaderValue::from_bytes(id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Serves one request on the public listener.
@@ -146,12 +144,17 @@ fn record(state: &State, rt: &Runtime, id: &str, peer: SocketAddr, method: &Meth
 
 /// `t` in RFC 3339, written into `buf` (no allocation; a time that does not fit is empty).
 fn rfc3339(t: time::OffsetDateTime, buf: &mut [u8; 64]) -> &str {
+    std::str::from_utf8(on_stack(buf, |w| t.format_into(w, &Rfc3339).map(drop).map_err(std::io::Error::other))).unwrap_or_default()
+}
+
+/// What `write` puts into `buf`; empty when it fails or does not fit.
+fn on_stack(buf: &mut [u8], write: impl FnOnce(&mut std::io::Cursor<&mut [u8]>) -> std::io::Result<()>) -> &[u8] {
     let mut w = std::io::Cursor::new(&mut buf[..]);
-    let n = match t.format_into(&mut w, &Rfc3339) {
-        Ok(_) => usize::try_from(w.position()).unwrap_or(0),
+    let n = match write(&mut w) {
+        Ok(()) => usize::try_from(w.position()).unwrap_or(0),
         Err(_) => 0,
     };
-    buf.get(..n).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default()
+    buf.get(..n).unwrap_or_default()
 }
 
 /// Runs `attempt` under the failed-login throttle when `login` is a Basic login (see

@@ -41,10 +41,10 @@ pub struct Upstream {
     /// ever uses connections on its own event loop.
     per_worker: Vec<Client<HttpsConnector<HttpConnector>, Body>>,
     metrics: Arc<Metrics>,
-    /// `http://host:port` of the registry.
-    origin: String,
-    /// The same, parsed: every forwarded request's URI is built on it.
+    /// The registry's origin: every request's URI is built on it ([`Upstream::uri`]).
     upstream: crate::config::Origin,
+    /// The same as text, which the registry writes into absolute `Location`s.
+    origin: String,
     /// `scheme://host[:port]` clients use.
     public_origin: String,
     limits: Limits,
@@ -129,10 +129,8 @@ impl Upstream {
     /// Whether the registry answers at all (`GET /v2/`, any status), for readiness. Nothing
     /// of a client's is sent.
     pub async fn probe(&self) -> Result<(), String> {
-        let req = Request::builder()
-            .uri(format!("{}/v2/", self.origin))
-            .body(crate::body::empty())
-            .map_err(|e| e.to_string())?;
+        let uri = self.uri("/v2/".to_owned()).map_err(|r| r.message.to_string())?;
+        let req = Request::builder().uri(uri).body(crate::body::empty()).map_err(|e| e.to_string())?;
         match tokio::time::timeout(Duration::from_secs(2), self.client().request(req)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("unreachable: {}", transport_failure(&e).message)),
@@ -150,7 +148,7 @@ impl Upstream {
         headers: &[(header::HeaderName, &str)],
         body: Body,
     ) -> Result<Response<hyper::body::Incoming>, Rejection> {
-        let mut req = Request::builder().method(method).uri(format!("{}{target}", self.origin));
+        let mut req = Request::builder().method(method).uri(self.uri(target.to_owned())?);
         for (k, v) in headers {
             req = req.header(k, *v);
         }
@@ -182,12 +180,12 @@ impl Upstream {
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
                 Err(e) => return Err(client_body_failure(&*e)),
             };
-            counted(http_body_util::Full::new(bytes), &self.bytes_up)
+            stream(counted(http_body_util::Full::new(bytes), &self.bytes_up))
         } else if http_body::Body::is_end_stream(&body) {
             crate::body::empty()
         } else {
             // errors of the client's body are marked, so they are told apart from the registry's
-            counted(body.map_err(|e| BoxError::from(ClientBodyError(e.into()))), &self.bytes_up)
+            stream(counted(body.map_err(|e| BoxError::from(ClientBodyError(e.into()))), &self.bytes_up))
         };
         headers::to_upstream(&mut parts.headers);
         let target = route.upstream_target(grant.mount_allowed()).ok_or_else(|| Rejection::internal("this endpoint is not forwarded"))?;
@@ -200,17 +198,10 @@ impl Upstream {
             // a HEAD's answer, or an empty one
             return Ok(Response::from_parts(parts, crate::body::empty()));
         }
-        let down = self.bytes_down.clone();
-        let body = body.map_frame(move |f| {
-            if let Some(d) = f.data_ref() {
-                down.inc_by(d.len() as u64);
-            }
-            f
-        });
-        Ok(Response::from_parts(parts, stream(FlushFirst::new(body))))
+        Ok(Response::from_parts(parts, stream(FlushFirst::new(counted(body, &self.bytes_down)))))
     }
 
-    /// The registry's URI for a forwarded request's path and query.
+    /// The registry's URI for a path and query.
     fn uri(&self, target: String) -> Result<http::Uri, Rejection> {
         let cannot = |e: &dyn std::fmt::Display| Rejection::internal(format!("cannot build the upstream URI: {e}"));
         let mut uri = http::uri::Parts::default();
@@ -221,19 +212,18 @@ impl Upstream {
     }
 }
 
-/// A request body that counts its bytes into `counter` as they go to the registry.
-fn counted<B>(body: B, counter: &prometheus::IntCounter) -> Body
+/// `body`, counting its data bytes into `counter` as they pass (either direction).
+fn counted<B>(body: B, counter: &prometheus::IntCounter) -> impl http_body::Body<Data = Bytes, Error = B::Error>
 where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes>,
 {
     let counter = counter.clone();
-    stream(body.map_frame(move |f| {
+    body.map_frame(move |f| {
         if let Some(d) = f.data_ref() {
             counter.inc_by(d.len() as u64);
         }
         f
-    }))
+    })
 }
 
 /// A response body whose error is reported one poll late. hyper's server holds the head
