@@ -69,8 +69,6 @@ start() {
   die "$name not ready after 10 s"
 }
 
-ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
-
 # ---------------------------------------------------------------- setup
 if [ "$SKIP_BUILD" != 1 ]; then
   log "cargo build --release"
@@ -84,12 +82,7 @@ registry_config "$WORK/registry" "$REG_PORT"
 timeout -k 5 "$SERVER_MAX_SECONDS" /usr/bin/docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry.log" 2>&1 &
 PIDS+=($!); disown
 REG_PID=$(child_of "${PIDS[-1]}")
-for i in $(seq 1 100); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$REG_PORT/v2/" || true)" = 200 ] && break
-  kill -0 "$REG_PID" 2>/dev/null || die "docker-registry died (KEEP_WORKDIR=1 keeps $WORK/registry.log)"
-  [ "$i" = 100 ] && die "docker-registry not answering after 10 s"
-  sleep 0.1
-done
+wait_http docker-registry "$REG_PID" "http://127.0.0.1:$REG_PORT/v2/"
 log "docker-registry on 127.0.0.1:$REG_PORT (pid $REG_PID)"
 
 declare -A PORT PID
@@ -147,12 +140,12 @@ for r in $(seq 1 "$ROUNDS"); do
     p=${PATHS[$(( (i + r - 1) % ${#PATHS[@]} ))]}
     mapfile -t A < <(auth_args "$p")
     for _ in $(seq 1 "$REPS"); do
-      p0=0; [ -n "${PID[$p]}" ] && p0=$(ticks "${PID[$p]}")
-      g0=$(ticks "$REG_PID")
+      p0=0; [ -n "${PID[$p]}" ] && p0=$(cpu_ticks "${PID[$p]}")
+      g0=$(cpu_ticks "$REG_PID")
       { time curl -s --max-time 600 -o /dev/null -w '%{http_code} %{speed_download} %{size_download}\n' \
           "${A[@]}" "$(url_of "$p")" >"$WORK/curl.out"; } 2>"$WORK/time.out"
-      p1=0; [ -n "${PID[$p]}" ] && p1=$(ticks "${PID[$p]}")
-      g1=$(ticks "$REG_PID")
+      p1=0; [ -n "${PID[$p]}" ] && p1=$(cpu_ticks "${PID[$p]}")
+      g1=$(cpu_ticks "$REG_PID")
       read -r code speed size <"$WORK/curl.out"
       [ "$code" = 200 ] && [ "$size" = $(( MIB * 1048576 )) ] || die "$p: HTTP $code, $size bytes"
       read -r cu cs <"$WORK/time.out"

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Shell helpers shared by bench/run.sh and bench/soak.sh (sourced, not run). The caller
-# defines `die`. Nothing here starts a process of its own.
+# Shell helpers shared by bench/run.sh, bench/soak.sh and bench/ceiling.sh (sourced, not
+# run). The caller defines `die` and `WORK`. Nothing here starts a process of its own.
 
 # kill_tree PID: stop a process and its descendants (all started by the calling script)
 kill_tree() {
@@ -35,6 +35,27 @@ child_of() {
     sleep 0.05
   done
   die "could not find the child of pid $parent"
+}
+
+# wait_http NAME PID URL: until URL answers anything but 000 (connection refused)
+wait_http() {
+  local name=$1 pid=$2 url=$3 i
+  for i in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)" != 000 ] && return 0
+    kill -0 "$pid" 2>/dev/null || die "$name died (see logs in $WORK; KEEP_WORKDIR=1 keeps them)"
+    sleep 0.1
+  done
+  die "$name not answering on $url after 10 s"
+}
+
+# utime+stime in clock ticks of one or more PIDs
+cpu_ticks() {
+  local p f sum=0
+  for p in "$@"; do
+    read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat")
+    sum=$(( sum + f[11] + f[12] ))
+  done
+  echo "$sum"
 }
 
 # registry_config DIR PORT: a docker-registry configuration for the runs (filesystem

@@ -172,27 +172,6 @@ start_server() {
   log "$name started (pid $SERVER_PID)"
 }
 
-# wait_http NAME PID URL: until URL answers anything but 000 (connection refused)
-wait_http() {
-  local name=$1 pid=$2 url=$3 i
-  for i in $(seq 1 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)" != 000 ] && return 0
-    kill -0 "$pid" 2>/dev/null || die "$name died (see logs in $WORK; KEEP_WORKDIR=1 keeps them)"
-    sleep 0.1
-  done
-  die "$name not answering on $url after 10 s"
-}
-
-# utime+stime in clock ticks of one or more PIDs
-cpu_ticks() {
-  local p f sum=0
-  for p in "$@"; do
-    read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat")
-    sum=$(( sum + f[11] + f[12] ))
-  done
-  echo "$sum"
-}
-
 # Peak RSS: VmHWM (kB) from /proc/PID/status. `echo 5 > clear_refs` resets it to the
 # current RSS, so a reset before a load and a read after it give the peak during that
 # load. Every value read (after a load, and before each reset) is logged, and the
