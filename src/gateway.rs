@@ -234,11 +234,35 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let result = decide_and_serve(state, rt, parts, &mut body, client, t).await;
+    // refused before its body was wanted: read the rest, so the client reads the refusal
+    if let Some(unread) = body.take() {
+        crate::body::discard(unread);
+    }
+    result
+}
+
+/// The `/v2` pipeline. The body stays in `body` until the request is served, so whatever
+/// refuses the request first leaves it there for [`crate::body::discard`].
+async fn decide_and_serve<B>(
+    state: &Arc<State>,
+    rt: &Runtime,
+    parts: http::request::Parts,
+    body: &mut Option<B>,
+    client: IpAddr,
+    t: &mut Trace,
+) -> Result<Response<Body>, Rejection>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let route = route::classify(
-        req.method(),
-        req.uri().path(),
-        req.uri().query(),
-        route::single_content_type(req.headers())?,
+        &parts.method,
+        parts.uri.path(),
+        parts.uri.query(),
+        route::single_content_type(&parts.headers)?,
         rt.config.limits.page,
     )?;
     t.endpoint = route.kind().as_str();
@@ -254,7 +278,7 @@ where
         )));
     }
     t.outcome = Outcome::Unauthenticated;
-    let credential = Credential::extract(req.headers()).map_err(|f| Rejection::auth_failed(f, need.hints()))?;
+    let credential = Credential::extract(&parts.headers).map_err(|f| Rejection::auth_failed(f, need.hints()))?;
     t.credential = credential.kind();
     let policy = state.policy();
     let attempt = rt.auth.authenticate(&credential, &policy, state.clock.now());
@@ -271,8 +295,11 @@ where
         Rejection::from(d)
     })?;
     t.outcome = Outcome::Allowed;
+    if let Endpoint::Base = route.endpoint {
+        return Ok(proxy::base_ok());
+    }
+    let req = Request::from_parts(parts, body.take().ok_or_else(|| Rejection::internal("the request body was taken twice"))?);
     match &route.endpoint {
-        Endpoint::Base => Ok(proxy::base_ok()),
         Endpoint::Repository { repo, op } => crate::repository::handle(state, rt, req, repo, op, &grant).await,
         _ => rt.upstream.forward(req, &route, &grant).await,
     }

@@ -323,6 +323,27 @@ async fn oversized_manifest_is_refused_before_the_registry() {
     assert!(h.upstream.seen().is_empty());
 }
 
+/// A client still sending a body the gateway has already refused must read the refusal,
+/// not a connection reset: docker re-authenticates on a 401 to an upload PATCH whose token
+/// expired mid-push, and shows a 413 for an oversized manifest. 12 MiB is more than the
+/// loopback socket buffers hold, so the client is still writing when the answer leaves.
+#[tokio::test]
+async fn refused_request_with_a_large_body_still_reads_its_answer() {
+    let h = Harness::start().await;
+    let pw = h.token("ci", &[(HELLO, &["content/write"])]).await;
+    let big = vec![b'x'; 12 * 1024 * 1024];
+    let upload = format!("{}/v2/{HELLO}/blobs/uploads/f00d-1?_state=abc", h.public());
+    let r = h.request("PATCH", &upload, &[("content-type", "application/octet-stream")], &big).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = h.request("PATCH", &upload, &[("authorization", &basic("ci", "wrong"))], &big).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let manifest = format!("{}/v2/{HELLO}/manifests/v1", h.public());
+    let ct = ("content-type", "application/vnd.oci.image.manifest.v1+json");
+    let r = h.request("PUT", &manifest, &[("authorization", &basic("ci", &pw)), ct], &big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(h.upstream.seen().is_empty(), "{:?}", h.upstream.seen());
+}
+
 #[tokio::test]
 async fn hostile_requests_never_reach_the_registry() {
     let h = Harness::start().await;

@@ -173,11 +173,16 @@ impl Upstream {
             let too_large = || Rejection::too_large(Code::ManifestInvalid, format!("manifest exceeds the {max}-byte limit"));
             let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > max) {
+                crate::body::discard(body);
                 return Err(too_large());
             }
-            let bytes = match Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).collect().await {
+            let mut body = Box::pin(body);
+            let bytes = match Limited::new(body.as_mut(), usize::try_from(max).unwrap_or(usize::MAX)).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    crate::body::discard(body);
+                    return Err(too_large());
+                }
                 Err(e) => return Err(client_body_failure(&*e)),
             };
             stream(counted(http_body_util::Full::new(bytes), &self.bytes_up))
