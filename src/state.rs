@@ -116,11 +116,23 @@ impl State {
         self.runtime.load_full()
     }
 
-    /// Puts a new runtime in place and reloads the policy (the anonymous default may have
-    /// changed). Requests in flight finish with the old one.
+    /// Puts a new runtime in place, with the policy read anew for its configuration (the
+    /// anonymous default may have changed). The policy is built first: if the store fails,
+    /// nothing changes. The reload is counted as applied just before the swap, so whoever
+    /// sees the new configuration also sees it counted. Requests in flight finish with the
+    /// old runtime.
     pub async fn replace_runtime(self: &Arc<Self>, rt: Runtime) -> Result<(), StoreError> {
-        self.runtime.store(Arc::new(rt));
-        self.reload().await
+        let _guard = self.refresh_lock.lock().await;
+        let rt = Arc::new(rt);
+        let (me, next) = (Arc::clone(self), Arc::clone(&rt));
+        let started = std::time::Instant::now();
+        let policy = tokio::task::spawn_blocking(move || Self::load_policy(me.store.as_ref(), &next.config))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))??;
+        self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+        self.runtime.store(rt);
+        self.publish(policy, "full", started);
+        Ok(())
     }
 
     /// The policy as it is now.
@@ -136,44 +148,39 @@ impl State {
         Ok(Policy::new(r.epoch, r.maps, r.tokens, anonymous).with_api_keys(r.api_keys).with_attributes(r.attributes))
     }
 
-    /// Re-reads every record and swaps the snapshot (the configuration may have changed
-    /// what the records mean, e.g. the anonymous default).
-    pub async fn reload(self: &Arc<Self>) -> Result<(), StoreError> {
-        let _guard = self.refresh_lock.lock().await;
-        self.rebuild(None).await
-    }
-
     /// Brings the snapshot up to the store's epoch: only the records changed since the
     /// snapshot's epoch are re-read, unless the change log no longer reaches back that far.
     pub async fn refresh(self: &Arc<Self>) -> Result<(), StoreError> {
         let _guard = self.refresh_lock.lock().await;
         let current = self.policy();
-        self.rebuild(Some(current)).await
+        self.rebuild(current).await
     }
 
-    /// Builds the next snapshot, patching `from` when given and the change log allows.
-    async fn rebuild(self: &Arc<Self>, from: Option<Arc<Policy>>) -> Result<(), StoreError> {
+    /// Builds the next snapshot, patching `from` when the change log allows.
+    async fn rebuild(self: &Arc<Self>, from: Arc<Policy>) -> Result<(), StoreError> {
         let me = Arc::clone(self);
         let started = std::time::Instant::now();
         let next = tokio::task::spawn_blocking(move || -> Result<Option<(Policy, &'static str)>, StoreError> {
             let config = &me.runtime().config;
-            if let Some(from) = from {
-                match me.store.changes_since(from.epoch)? {
-                    Some(changes) if changes.epoch == from.epoch => return Ok(None),
-                    Some(changes) => return Ok(Some((from.patched(changes, config.anonymous_scope_map.as_ref()), "incremental"))),
-                    None => {}
-                }
+            match me.store.changes_since(from.epoch)? {
+                Some(changes) if changes.epoch == from.epoch => Ok(None),
+                Some(changes) => Ok(Some((from.patched(changes, config.anonymous_scope_map.as_ref()), "incremental"))),
+                None => Ok(Some((Self::load_policy(me.store.as_ref(), config)?, "full"))),
             }
-            Ok(Some((Self::load_policy(me.store.as_ref(), config)?, "full")))
         })
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))??;
         if let Some((policy, kind)) = next {
-            self.metrics.policy_reloads.with_label_values(&[kind]).inc();
-            self.metrics.policy_reload_seconds.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
-            self.policy.store(Arc::new(policy));
+            self.publish(policy, kind, started);
         }
         Ok(())
+    }
+
+    /// Swaps in a new snapshot built `kind`-wise since `started`, and counts it.
+    fn publish(&self, policy: Policy, kind: &'static str, started: std::time::Instant) {
+        self.metrics.policy_reloads.with_label_values(&[kind]).inc();
+        self.metrics.policy_reload_seconds.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
+        self.policy.store(Arc::new(policy));
     }
 
     /// Runs one admin write against the store (serialized with other writes), then reloads

@@ -317,8 +317,10 @@ impl Running {
             state.replace_runtime(rt).await.map_err(|e| e.to_string())
         }
         .await;
-        let label = if result.is_ok() { "applied" } else { "refused" };
-        state.metrics.config_reloads.with_label_values(&[label]).inc();
+        // an applied reload is counted by `replace_runtime`, at the swap
+        if result.is_err() {
+            state.metrics.config_reloads.with_label_values(&["refused"]).inc();
+        }
         result
     }
 }
