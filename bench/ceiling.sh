@@ -55,20 +55,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# start NAME READY-LINE-PREFIX CMD...: under `timeout`; sets SERVER_PID to the server
-start() {
-  local name=$1 ready=$2 i; shift 2
-  timeout -k 5 "$SERVER_MAX_SECONDS" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  PIDS+=($!); disown
-  SERVER_PID=$(child_of "${PIDS[-1]}")
-  for i in $(seq 1 100); do
-    grep -q "^$ready" "$WORK/$name.out" 2>/dev/null && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/$name.err" >&2; die "$name died"; }
-    sleep 0.1
-  done
-  die "$name not ready after 10 s"
-}
-
 # ---------------------------------------------------------------- setup
 if [ "$SKIP_BUILD" != 1 ]; then
   log "cargo build --release"
@@ -79,9 +65,8 @@ GOCACHE=$WORK/gocache go build -o "$WORK/relay" "$ROOT/bench/relay/relay.go" || 
 
 REG_PORT=$(free_port)
 registry_config "$WORK/registry" "$REG_PORT"
-timeout -k 5 "$SERVER_MAX_SECONDS" /usr/bin/docker-registry serve "$WORK/registry/config.yml" >"$WORK/registry.log" 2>&1 &
-PIDS+=($!); disown
-REG_PID=$(child_of "${PIDS[-1]}")
+spawn "$WORK/registry.log" "$WORK/registry.log" /usr/bin/docker-registry serve "$WORK/registry/config.yml"
+REG_PID=$SERVER_PID
 wait_http docker-registry "$REG_PID" "http://127.0.0.1:$REG_PORT/v2/"
 log "docker-registry on 127.0.0.1:$REG_PORT (pid $REG_PID)"
 
@@ -89,17 +74,19 @@ declare -A PORT PID
 PORT[direct]=$REG_PORT; PID[direct]=
 for mode in copy splice; do
   PORT[relay_$mode]=$(free_port)
-  start "relay_$mode" "relay ready" "$WORK/relay" "127.0.0.1:${PORT[relay_$mode]}" "127.0.0.1:$REG_PORT" "$mode"
+  spawn "$WORK/relay_$mode.out" "$WORK/relay_$mode.err" "$WORK/relay" "127.0.0.1:${PORT[relay_$mode]}" "127.0.0.1:$REG_PORT" "$mode"
   PID[relay_$mode]=$SERVER_PID
+  wait_http "relay_$mode" "$SERVER_PID" "http://127.0.0.1:${PORT[relay_$mode]}/v2/"
 done
 PORT[scopegate]=$(free_port); ADMIN_PORT=$(free_port)
 ADMIN_TOKEN=ceiling-admin-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 mkdir -p "$WORK/sg"
 export SCOPEGATE_ADMIN_TOKEN=$ADMIN_TOKEN
-start scopegate "scopegate ready" "$SG" serve \
+spawn "$WORK/scopegate.out" "$WORK/scopegate.err" "$SG" serve \
   --listen "127.0.0.1:${PORT[scopegate]}" --admin-listen "127.0.0.1:$ADMIN_PORT" \
   --upstream "http://127.0.0.1:$REG_PORT" --data-dir "$WORK/sg"
 PID[scopegate]=$SERVER_PID
+wait_ready "$SERVER_PID" "$WORK/scopegate.out" "$WORK/scopegate.err"
 PASSWORD=$(timeout --foreground 30 "$SG" --server "http://127.0.0.1:$ADMIN_PORT" \
   token create --name bench --repository "$REPO" content/read metadata/read | jq -r '.credentials.passwords[0].value')
 BEARER=$(curl -sf --max-time 10 -u "bench:$PASSWORD" \

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Shell helpers shared by bench/run.sh, bench/soak.sh and bench/ceiling.sh (sourced, not
-# run). The caller defines `die` and `WORK`. Nothing here starts a process of its own.
+# run). The caller defines `die`, `WORK`, `PIDS` and `SERVER_MAX_SECONDS`. Only `spawn`
+# starts a process, and records it for the caller's cleanup.
 
 # kill_tree PID: stop a process and its descendants (all started by the calling script)
 kill_tree() {
@@ -35,6 +36,20 @@ child_of() {
     sleep 0.05
   done
   die "could not find the child of pid $parent"
+}
+
+# spawn OUT ERR CMD...: runs a server in the background under `timeout`
+# (SERVER_MAX_SECONDS), adds the wrapper to PIDS and sets SERVER_PID to the server itself;
+# OUT and ERR may name the same file
+spawn() {
+  local out=$1 err=$2; shift 2
+  if [ "$out" = "$err" ]; then
+    timeout -k 5 "$SERVER_MAX_SECONDS" "$@" >"$out" 2>&1 &
+  else
+    timeout -k 5 "$SERVER_MAX_SECONDS" "$@" >"$out" 2>"$err" &
+  fi
+  PIDS+=($!); disown   # no "Killed" job notice from bash at cleanup
+  SERVER_PID=$(child_of "${PIDS[-1]}")
 }
 
 # wait_http NAME PID URL: until URL answers anything but 000 (connection refused)

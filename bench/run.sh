@@ -165,9 +165,7 @@ exit_on_signals
 # PIDS and prints the server's own PID
 start_server() {
   local name=$1 logf=$2; shift 2
-  timeout -k 5 "$SERVER_MAX_SECONDS" "$@" >"$logf" 2>&1 &
-  PIDS+=($!); disown   # no "Killed" job notice from bash at cleanup
-  SERVER_PID=$(child_of "${PIDS[-1]}")
+  spawn "$logf" "$logf" "$@"
   SERVER_PIDS+=("$SERVER_PID")
   log "$name started (pid $SERVER_PID)"
 }
@@ -358,12 +356,10 @@ launch_scopegate() {
   local name=$1 port=$2 admin=$3 upstream=$4 dir=$WORK/$1 token
   mkdir -p "$dir"
   token=bench-admin-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
-  SCOPEGATE_ADMIN_TOKEN=$token timeout -k 5 "$SERVER_MAX_SECONDS" "$SG" serve \
+  SCOPEGATE_ADMIN_TOKEN=$token spawn "$dir.out" "$dir.err" "$SG" serve \
     --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-    --upstream "$upstream" --data-dir "$dir" \
-    >"$dir.out" 2>"$dir.err" &
-  PIDS+=($!); disown
-  SG_PID=$(child_of "${PIDS[-1]}")
+    --upstream "$upstream" --data-dir "$dir"
+  SG_PID=$SERVER_PID
   SERVER_PIDS+=("$SG_PID")
   wait_ready "$SG_PID" "$dir.out" "$dir.err"
   log "$name on 127.0.0.1:$port in front of $upstream (pid $SG_PID): $(head -1 "$dir.out")"

@@ -26,10 +26,10 @@ use crate::audit::Event;
 use crate::auth::Credential;
 use crate::body::{Body, BoxError};
 use crate::metrics::Outcome;
-use crate::policy::{CredentialKind, Subject};
+use crate::policy::{CredentialKind, Grant, Subject};
 use crate::proxy;
 use crate::reject::{Code, Fault, Rejection};
-use crate::route::{self, Endpoint};
+use crate::route::{self, Endpoint, Route};
 use crate::state::{Runtime, State};
 
 /// What the audit line and the metrics say about a request; filled in as it goes.
@@ -235,29 +235,27 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let mut body = Some(body);
-    let result = decide_and_serve(state, rt, parts, &mut body, client, t).await;
-    // refused before its body was wanted: read the rest, so the client reads the refusal
-    if let Some(unread) = body.take() {
-        crate::body::discard(unread);
+    let (route, grant) = match decide(state, rt, &parts, client, t).await {
+        Ok(decided) => decided,
+        Err(r) => {
+            // refused before its body was wanted: read the rest, so the client reads the refusal
+            crate::body::discard(body);
+            return Err(r);
+        }
+    };
+    let req = Request::from_parts(parts, body);
+    match &route.endpoint {
+        Endpoint::Base => {
+            crate::body::discard(req.into_body());
+            Ok(proxy::base_ok())
+        }
+        Endpoint::Repository { repo, op } => crate::repository::handle(state, rt, req, repo, op, &grant).await,
+        _ => rt.upstream.forward(req, &route, &grant).await,
     }
-    result
 }
 
-/// The `/v2` pipeline. The body stays in `body` until the request is served, so whatever
-/// refuses the request first leaves it there for [`crate::body::discard`].
-async fn decide_and_serve<B>(
-    state: &Arc<State>,
-    rt: &Runtime,
-    parts: http::request::Parts,
-    body: &mut Option<B>,
-    client: IpAddr,
-    t: &mut Trace,
-) -> Result<Response<Body>, Rejection>
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+/// The `/v2` pipeline up to the decision; it reads the request's head, never its body.
+async fn decide(state: &Arc<State>, rt: &Runtime, parts: &http::request::Parts, client: IpAddr, t: &mut Trace) -> Result<(Route, Grant), Rejection> {
     let route = route::classify(
         &parts.method,
         parts.uri.path(),
@@ -295,12 +293,5 @@ where
         Rejection::from(d)
     })?;
     t.outcome = Outcome::Allowed;
-    if let Endpoint::Base = route.endpoint {
-        return Ok(proxy::base_ok());
-    }
-    let req = Request::from_parts(parts, body.take().ok_or_else(|| Rejection::internal("the request body was taken twice"))?);
-    match &route.endpoint {
-        Endpoint::Repository { repo, op } => crate::repository::handle(state, rt, req, repo, op, &grant).await,
-        _ => rt.upstream.forward(req, &route, &grant).await,
-    }
+    Ok((route, grant))
 }
